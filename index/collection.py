@@ -1,0 +1,148 @@
+"""Model-free core of `index.build`: vectors + ids + captions in, an index directory out.
+
+The programs (`index.build`, `index.add`) embed with the model and call these; tests call
+them directly with synthetic vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.faiss_index import build_index, measure_recall
+from index.store import (
+    CaptionRecord,
+    ImageRecord,
+    IndexPart,
+    NewCaption,
+    NewImage,
+    check_image_id,
+    write_index_dir,
+)
+
+log = logging.getLogger(__name__)
+
+RECALL_QUERIES = 1000  # queries for the recall@10 recorded in the manifest
+_NORM_TOLERANCE = 1e-3
+
+
+def normalize(vectors: np.ndarray, what: str) -> np.ndarray:
+    """Rows scaled to unit length, so inner products are cosines (a no-op for the encoders'
+    normalised output; logged when it is not). Zero rows are an error."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D array [n, d], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{what}: row {bad} has NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{what}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros")
+    off = int((np.abs(norms - 1) > _NORM_TOLERANCE).sum())
+    if off:
+        log.warning("%s: %d of %d vectors were not unit length; normalised them", what, off, len(x))
+        x = x / norms
+    return x
+
+
+def caption_records(
+    captions: Sequence[NewCaption],
+    row_of: Mapping[str, int],
+    counts: Counter[str] | None = None,
+) -> list[CaptionRecord]:
+    """Records for `captions`; ids are "IMAGE_ID#n", n continuing from `counts` per image."""
+    counts = Counter() if counts is None else counts
+    out = []
+    for c in captions:
+        if c.image_id not in row_of:
+            raise ValueError(f"caption {c.text[:40]!r} refers to unknown image_id {c.image_id!r}")
+        out.append(CaptionRecord(f"{c.image_id}#{counts[c.image_id]}", row_of[c.image_id], c.text))
+        counts[c.image_id] += 1
+    return out
+
+
+def check_counts(vectors: np.ndarray, records: Sequence[Any], what: str) -> None:
+    """One vector per record."""
+    if len(vectors) != len(records):
+        raise ValueError(f"{what}: {len(vectors)} vectors for {len(records)} records")
+
+
+def side_facts(
+    index: faiss.Index, info: dict[str, Any], vectors: np.ndarray, *, recall_queries: int, seed: int
+) -> dict[str, Any]:
+    """The manifest section of one side: build facts plus measured recall@10."""
+    facts = dict(info)
+    if info["exact"]:
+        facts["recall_at_10"] = 1.0
+    else:
+        facts["recall_at_10"] = round(
+            measure_recall(index, vectors, k=10, n_queries=recall_queries, seed=seed), 4
+        )
+        log.info("%s: recall@10 %.3f", info["factory"], facts["recall_at_10"])
+    facts["recall_queries"] = min(recall_queries, len(vectors))
+    return facts
+
+
+def build_index_dir(
+    out: str | os.PathLike[str],
+    image_vectors: np.ndarray,
+    images: Sequence[NewImage],
+    caption_vectors: np.ndarray,
+    captions: Sequence[NewCaption],
+    *,
+    model_hash: str,
+    index_type: str = "auto",
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    recall_queries: int = RECALL_QUERIES,
+    source: dict[str, Any] | None = None,
+    skipped_images: Sequence[dict[str, Any]] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build both FAISS indexes and write the index directory `out` atomically.
+
+    Images with a `file` are copied into `out`/images/. `params` go to `build_index` for
+    both sides (`auto` picks each side's type from its own size). Returns the manifest.
+    """
+    if not images:
+        raise ValueError("no images to index")
+    if not captions:
+        raise ValueError("no captions to index")
+    check_counts(image_vectors, images, "images")
+    check_counts(caption_vectors, captions, "captions")
+    row_of: dict[str, int] = {}
+    for row, im in enumerate(images):
+        if im.image_id in row_of:
+            raise ValueError(f"image_id {im.image_id!r} appears twice")
+        row_of[im.image_id] = row
+        if im.file is not None:
+            check_image_id(im.image_id)
+    img = normalize(image_vectors, "image vectors")
+    cap = normalize(caption_vectors, "caption vectors")
+    if img.shape[1] != cap.shape[1]:
+        raise ValueError(f"image vectors have dim {img.shape[1]}, caption vectors {cap.shape[1]}")
+    parts = {}
+    for side, x in (("images", img), ("captions", cap)):
+        index, info = build_index(x, index_type, seed=seed, **dict(params or {}))
+        facts = side_facts(index, info, x, recall_queries=recall_queries, seed=seed)
+        parts[side] = IndexPart(index, facts, vectors=x)
+    return write_index_dir(
+        out,
+        images=parts["images"],
+        captions=parts["captions"],
+        image_records=[
+            ImageRecord(im.image_id, im.image_id if im.file is not None else None) for im in images
+        ],
+        caption_records=caption_records(captions, row_of),
+        model_hash=model_hash,
+        image_files={im.image_id: im.file for im in images if im.file is not None},
+        source=source,
+        skipped_images=skipped_images,
+        extra=extra,
+    )

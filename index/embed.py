@@ -1,0 +1,143 @@
+"""Embed image files and captions in batches with the exported encoders.
+
+Typed against `EncodersLike`, the part of `index.encoders.Encoders` the programs use, so
+tests can hand in a small stand-in. An image that cannot be read or decoded is skipped,
+logged and reported; it never stops a build.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class EncodersLike(Protocol):
+    """What the index programs need from `index.encoders.Encoders`."""
+
+    embed_dim: int
+    model_hash: str
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [n, D], int32 [n] in-vocabulary word counts)."""
+        ...
+
+    def encode_image_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """float32 [n, D] vectors of encoded image files."""
+        ...
+
+
+class EncoderOutputError(ValueError):
+    """The model returned something of the wrong shape: a model problem, not a data one."""
+
+
+def _checked(out: Any, n: int, dim: int, what: str) -> np.ndarray:
+    """The encoder output as float32 [n, dim], or an error naming what the model returned."""
+    arr = np.asarray(out, dtype=np.float32)
+    if arr.shape != (n, dim):
+        raise EncoderOutputError(
+            f"{what}: the model returned shape {arr.shape} for {n} inputs, expected "
+            f"({n}, {dim}) (embed_dim in its manifest)"
+        )
+    return arr
+
+
+def _read(path: Path) -> tuple[bytes | None, str | None]:
+    """(bytes, None) or (None, why the file cannot be used)."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or e}"
+    if not data:
+        return None, "empty file"
+    return data, None
+
+
+def embed_images(
+    encoders: EncodersLike,
+    image_ids: Sequence[str],
+    paths: Sequence[Path],
+    *,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
+    """Embed image files: (vectors float32 [m, D], kept positions, skipped [{image_id, reason}]).
+
+    A batch the model rejects is retried one image at a time so that a single corrupt file
+    costs only itself.
+    """
+    if len(image_ids) != len(paths):
+        raise ValueError(f"{len(image_ids)} image ids for {len(paths)} paths")
+    dim = int(encoders.embed_dim)
+    vectors: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[dict[str, str]] = []
+
+    def skip(i: int, reason: str) -> None:
+        log.warning("skipping image %s (%s): %s", image_ids[i], paths[i], reason)
+        skipped.append({"image_id": image_ids[i], "reason": reason})
+
+    with tqdm(total=len(paths), desc="images", unit="img", disable=None) as bar:
+        for start in range(0, len(paths), batch_size):
+            batch: list[int] = []
+            blobs: list[bytes] = []
+            for i in range(start, min(start + batch_size, len(paths))):
+                data, why = _read(Path(paths[i]))
+                if data is None:
+                    skip(i, str(why))
+                else:
+                    batch.append(i)
+                    blobs.append(data)
+            if blobs:
+                try:
+                    out = _checked(encoders.encode_image_bytes(blobs), len(blobs), dim, "images")
+                    vectors.append(out)
+                    kept.extend(batch)
+                except EncoderOutputError:
+                    raise
+                except Exception:  # a decode error somewhere in the batch: find it
+                    for i, blob in zip(batch, blobs, strict=True):
+                        try:
+                            one = _checked(encoders.encode_image_bytes([blob]), 1, dim, "images")
+                        except EncoderOutputError:
+                            raise
+                        except Exception as e:
+                            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                            skip(i, f"not a decodable image: {type(e).__name__} {first[:200]}")
+                        else:
+                            vectors.append(one)
+                            kept.append(i)
+            bar.update(min(batch_size, len(paths) - start))
+    out = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        for pos in np.flatnonzero(bad)[::-1]:
+            skip(kept[pos], "the model returned NaN or infinite values")
+        out = out[~bad]
+        kept = [i for i, b in zip(kept, bad, strict=True) if not b]
+    log.info("embedded %d images, skipped %d", len(kept), len(skipped))
+    return out, kept, skipped
+
+
+def embed_texts(
+    encoders: EncodersLike, texts: Sequence[str], *, batch_size: int = 256
+) -> np.ndarray:
+    """Embed captions / queries in batches: float32 [n, D]."""
+    dim = int(encoders.embed_dim)
+    chunks: list[np.ndarray] = []
+    unknown = 0
+    with tqdm(total=len(texts), desc="captions", unit="cap", disable=None) as bar:
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start : start + batch_size])
+            vecs, known = encoders.encode_texts(batch)
+            chunks.append(_checked(vecs, len(batch), dim, "captions"))
+            unknown += int((np.asarray(known) == 0).sum())
+            bar.update(len(batch))
+    if unknown:
+        log.warning("%d of %d texts have no word in the model's vocabulary", unknown, len(texts))
+    return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)

@@ -1,0 +1,94 @@
+"""Load an exported model directory (TensorFlow only, nothing from `training/`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "vsepp-model/1"
+
+
+class Encoders:
+    """The exported image and text encoders of one model directory."""
+
+    def __init__(self, model_dir: str | os.PathLike[str]) -> None:
+        import tensorflow as tf  # imported here so that `import index` stays light
+
+        self._tf = tf
+        self.model_dir = Path(model_dir)
+        self.manifest = read_model_manifest(self.model_dir)
+        export = self.model_dir / self.manifest["export"]
+        for part in ("image_encoder", "text_encoder"):
+            if not (export / part / "saved_model.pb").is_file():
+                raise FileNotFoundError(
+                    f"model directory {self.model_dir}: {part} missing in {export}"
+                )
+        self.embed_dim: int = int(self.manifest["embed_dim"])
+        # The content hash names the exact weights: an index built with them records it.
+        self.model_hash: str = str(self.manifest["content_hash"])
+        self.image_size: int = int(self.manifest["image"]["image_size"])
+        self._image = tf.saved_model.load(str(export / "image_encoder"))
+        self._text = tf.saved_model.load(str(export / "text_encoder"))
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings float32 [n, D], number of in-vocabulary words int32 [n])."""
+        if not texts:
+            return np.zeros((0, self.embed_dim), np.float32), np.zeros((0,), np.int32)
+        out = self._text.encode(self._tf.constant(list(texts), dtype=self._tf.string))
+        return out["embedding"].numpy(), out["known_tokens"].numpy()
+
+    def encode_image_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """Embeddings float32 [n, D] of encoded images (JPEG, PNG, GIF, BMP)."""
+        if not blobs:
+            return np.zeros((0, self.embed_dim), np.float32)
+        out = self._image.encode_bytes(self._tf.constant(list(blobs), dtype=self._tf.string))
+        return np.asarray(out.numpy(), dtype=np.float32)
+
+    def encode_image_arrays(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings float32 [n, D] of uint8 RGB images [n, H, W, 3]."""
+        arr = np.asarray(images)
+        if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images [n, H, W, 3], got {arr.dtype} {arr.shape}")
+        if arr.shape[0] == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        return np.asarray(self._image.encode_array(self._tf.constant(arr)).numpy(), np.float32)
+
+    def facts(self) -> dict[str, Any]:
+        """What the health endpoint and index manifests say about the model."""
+        return {
+            "model_hash": self.model_hash,
+            "embed_dim": self.embed_dim,
+            "cnn": self.manifest.get("cnn"),
+            "vocab_size": self.manifest.get("text", {}).get("vocab_size"),
+            "image_size": self.image_size,
+        }
+
+
+def read_model_manifest(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a model directory, with a clear error when it is not one."""
+    path = Path(model_dir) / "manifest.json"
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{model_dir} is not a model directory: no manifest.json") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if manifest.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {MODEL_FORMAT!r}")
+    for key in ("export", "embed_dim", "content_hash", "image"):
+        if key not in manifest:
+            raise ValueError(f"{path}: missing field {key!r}")
+    return manifest
+
+
+def load_encoders(model_dir: str | os.PathLike[str]) -> Encoders:
+    """Load the exported encoders of `model_dir`."""
+    return Encoders(model_dir)

@@ -1,0 +1,583 @@
+"""The index directory (docs/CONTRACTS.md): write it atomically, load and search it.
+
+```
+INDEX_DIR/
+  manifest.json   format, model_hash, dim, metric, images/captions facts, files, ...
+  images.faiss    row i = image i            captions.faiss  row j = caption j
+  images.json     [{"image_id", "path"}]     captions.json   [{"caption_id", "image_row", "text"}]
+  images/         copies of the indexed image files (path is relative to it; null = no copy)
+  images.npy / captions.npy   only for a bare IVF-PQ, whose codes cannot give the vectors back
+```
+
+JSON and FAISS files only: nothing here is unpickled. The manifest is written last and
+lists every file with its size, so a truncated file is caught before FAISS reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.atomic import atomic_directory, old_prefix
+from index.faiss_index import apply_search_params, exact_vectors, keeps_exact_vectors
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vsepp-index/1"
+MANIFEST = "manifest.json"
+INDEX_FILES = {"images": "images.faiss", "captions": "captions.faiss"}
+META_FILES = {"images": "images.json", "captions": "captions.json"}
+VECTOR_FILES = {"images": "images.npy", "captions": "captions.npy"}
+IMAGES_DIR = "images"
+SIDES = ("images", "captions")
+_LOAD_ATTEMPTS = 3  # re-reads when a writer swapped the directory while we were loading
+
+
+class IndexDirError(Exception):
+    """An index directory that cannot be used; the message names the file and field."""
+
+
+class IndexFileMissingError(IndexDirError, FileNotFoundError):
+    """A file (or the directory itself) that the index directory should have is missing."""
+
+
+class ModelMismatchError(IndexDirError):
+    """The index was built with another model than the one at hand."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One row of images.json."""
+
+    image_id: str  # the dataset's id: the image path relative to the images root
+    path: str | None  # relative to INDEX_DIR/images/; None when the file was not copied
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """One row of captions.json."""
+
+    caption_id: str  # "IMAGE_ID#n", n counting that image's captions from 0
+    image_row: int  # row of its image in images.json / images.faiss
+    text: str  # the raw caption
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """An image to index (input of a build or an append)."""
+
+    image_id: str  # unique id, a relative path (the dataset's image id)
+    file: Path | None = None  # file to copy into INDEX_DIR/images/; None: no copy
+
+
+@dataclass(frozen=True)
+class NewCaption:
+    """A caption to index (input of a build or an append)."""
+
+    image_id: str  # the image it describes
+    text: str
+
+
+@dataclass
+class IndexPart:
+    """One side of an index directory, ready to be written."""
+
+    index: faiss.Index  # row i = record i
+    facts: dict[str, Any]  # manifest section: count, index_type, params, recall_at_10, ...
+    vectors: np.ndarray | None = None  # exact vectors; stored as .npy only if index lacks them
+
+
+def check_image_id(image_id: str) -> str:
+    """`image_id` as a safe relative POSIX path to store the copy under, or an error."""
+    p = PurePosixPath(image_id)
+    if (
+        not image_id
+        or p.is_absolute()
+        or "\\" in image_id
+        or "\x00" in image_id
+        or any(part in ("..", ".") for part in image_id.split("/"))
+        or str(p) != image_id
+    ):
+        raise ValueError(f"image_id {image_id!r} is not a plain relative path; cannot store it")
+    return image_id
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded in the manifest."""
+    return {
+        "faiss": faiss.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
+def _place_image(src: Path, dst: Path, *, link: bool) -> None:
+    """Put `src` at `dst`: a hard link when asked (unchanged files of the previous index)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass  # another file system or no link support: copy instead
+    shutil.copyfile(src, dst)
+
+
+def _check_part(side: str, part: IndexPart, n_records: int, dim: int) -> None:
+    ntotal, d = int(part.index.ntotal), int(part.index.d)
+    if ntotal != n_records:
+        raise ValueError(f"{side}: the index holds {ntotal} vectors but {n_records} records")
+    if d != dim:
+        raise ValueError(f"{side}: index dimension {d} differs from dim={dim}")
+
+
+def write_index_dir(
+    target: str | os.PathLike[str],
+    *,
+    images: IndexPart,
+    captions: IndexPart,
+    image_records: Sequence[ImageRecord],
+    caption_records: Sequence[CaptionRecord],
+    model_hash: str,
+    image_files: Mapping[str, Path] | None = None,
+    previous_dir: Path | None = None,
+    source: dict[str, Any] | None = None,
+    skipped_images: Sequence[dict[str, Any]] = (),
+    extra: dict[str, Any] | None = None,
+    locked: bool = False,
+) -> dict[str, Any]:
+    """Write a complete index directory at `target`, atomically; return its manifest.
+
+    `image_files` maps image_id -> a file to copy into images/; records whose file is not
+    given there are hard-linked from `previous_dir`/images/ (the directory being replaced,
+    when appending). If anything raises, `target` is left exactly as it was. `locked`:
+    the caller holds `writer_lock(target)` already.
+    """
+    dim = int(images.index.d)
+    _check_part("images", images, len(image_records), dim)
+    _check_part("captions", captions, len(caption_records), dim)
+    ids = [r.image_id for r in image_records]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise ValueError(f"image_id {dup!r} appears more than once")
+    for c in caption_records:
+        if not 0 <= c.image_row < len(image_records):
+            raise ValueError(f"caption {c.caption_id!r}: image_row {c.image_row} out of range")
+    image_files = dict(image_files or {})
+    for r in image_records:
+        if r.path is not None:
+            check_image_id(r.path)
+            if r.image_id not in image_files and previous_dir is None:
+                raise ValueError(f"image {r.image_id!r} has a path but no file to copy")
+
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "build_id": uuid.uuid4().hex,
+        "model_hash": model_hash,
+        "dim": dim,
+        "metric": "inner_product",
+        "normalized": True,
+        "images": dict(images.facts, count=len(image_records)),
+        "captions": dict(captions.facts, count=len(caption_records)),
+        "source": source or {},
+        "skipped_images": list(skipped_images),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        **(extra or {}),
+    }
+    with atomic_directory(target, locked=locked) as tmp:
+        for side, part in (("images", images), ("captions", captions)):
+            faiss.write_index(part.index, str(tmp / INDEX_FILES[side]))
+            vectors_file = None
+            if part.vectors is not None and not keeps_exact_vectors(part.index):
+                vectors_file = VECTOR_FILES[side]
+                np.save(tmp / vectors_file, np.asarray(part.vectors, dtype=np.float32))
+            manifest[side]["vectors_file"] = vectors_file
+        _write_json(
+            tmp / META_FILES["images"],
+            [{"image_id": r.image_id, "path": r.path} for r in image_records],
+        )
+        _write_json(
+            tmp / META_FILES["captions"],
+            [
+                {"caption_id": r.caption_id, "image_row": r.image_row, "text": r.text}
+                for r in caption_records
+            ],
+        )
+        (tmp / IMAGES_DIR).mkdir()
+        for r in image_records:
+            if r.path is None:
+                continue
+            if r.image_id in image_files:
+                _place_image(image_files[r.image_id], tmp / IMAGES_DIR / r.path, link=False)
+            else:
+                assert previous_dir is not None
+                old = previous_dir / IMAGES_DIR / r.path
+                _place_image(old, tmp / IMAGES_DIR / r.path, link=True)
+        manifest["files"] = {
+            p.name: {"bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
+        }
+        # Written last: a directory with a manifest is a complete one.
+        _write_json(tmp / MANIFEST, manifest)
+    log.info("wrote %s: %d images, %d captions", target, len(image_records), len(caption_records))
+    return manifest
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise IndexFileMissingError(f"{path.parent}: missing {path.name}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise IndexDirError(f"{path}: cannot read: {e}") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IndexDirError(f"{path}: not valid JSON ({e})") from e
+
+
+def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise IndexDirError(f"{where}: missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise IndexDirError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def read_manifest(index_dir: Path) -> dict[str, Any]:
+    """The manifest of `index_dir`, with its format and required fields checked."""
+    path = index_dir / MANIFEST
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict):
+        raise IndexDirError(f"{path}: expected a JSON object")
+    fmt = manifest.get("format")
+    if fmt != FORMAT:
+        raise IndexDirError(f"{path}: unsupported format {fmt!r} (this code reads {FORMAT!r})")
+    _field(manifest, "model_hash", str, str(path))
+    _field(manifest, "dim", int, str(path))
+    _field(manifest, "files", dict, str(path))
+    for side in SIDES:
+        section = _field(manifest, side, dict, str(path))
+        _field(section, "count", int, f"{path} [{side}]")
+        _field(section, "index_type", str, f"{path} [{side}]")
+        _field(section, "params", dict, f"{path} [{side}]")
+    return manifest
+
+
+def _check_files(index_dir: Path, manifest: dict[str, Any]) -> None:
+    """Every file the manifest lists exists with the recorded size."""
+    for name, facts in manifest["files"].items():
+        path = index_dir / name
+        if "/" in name or name.startswith("."):
+            raise IndexDirError(f"{index_dir / MANIFEST}: bad file name {name!r} in 'files'")
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError as e:
+            raise IndexFileMissingError(f"{index_dir}: missing {name}") from e
+        expected = facts.get("bytes") if isinstance(facts, dict) else None
+        if size != expected:
+            raise IndexDirError(
+                f"{path}: {size} bytes, the manifest says {expected} (truncated or replaced?)"
+            )
+    for name in (*INDEX_FILES.values(), *META_FILES.values()):
+        if name not in manifest["files"]:
+            raise IndexDirError(f"{index_dir / MANIFEST}: 'files' does not list {name}")
+
+
+def _read_image_records(path: Path) -> list[ImageRecord]:
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise IndexDirError(f"{path}: expected a JSON list")
+    out = []
+    for i, item in enumerate(data):
+        where = f"{path} [{i}]"
+        image_id = _field(item, "image_id", str, where)
+        rel = _field(item, "path", (str, type(None)), where)
+        out.append(ImageRecord(image_id, rel))
+    return out
+
+
+def _read_caption_records(path: Path, n_images: int) -> list[CaptionRecord]:
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise IndexDirError(f"{path}: expected a JSON list")
+    out = []
+    for i, item in enumerate(data):
+        where = f"{path} [{i}]"
+        row = _field(item, "image_row", int, where)
+        if not 0 <= row < n_images:
+            raise IndexDirError(f"{where}: image_row {row} is not a row of images.json")
+        caption_id = _field(item, "caption_id", str, where)
+        out.append(CaptionRecord(caption_id, row, _field(item, "text", str, where)))
+    return out
+
+
+def _is_mapped(path: Path) -> bool | None:
+    """Whether `path` is memory-mapped by this process (None where /proc is unavailable)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    real = str(path.resolve())
+    return any(line.endswith(real) for line in maps.splitlines())
+
+
+def _mmap_flag(index_type: str) -> int | None:
+    """The FAISS read flag that memory-maps `index_type`, None if this FAISS has none.
+
+    IO_FLAG_MMAP_IFC (FAISS >= 1.11) maps the codes of flat, HNSW and IVF inverted lists
+    (and the refine vectors); the legacy IO_FLAG_MMAP maps IVF lists only and silently
+    reads flat/HNSW into memory.
+    """
+    if hasattr(faiss, "IO_FLAG_MMAP_IFC"):
+        return int(faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    if index_type in ("ivf", "ivfpq"):
+        return int(faiss.IO_FLAG_MMAP)
+    return None
+
+
+def read_faiss(path: Path, index_type: str, *, mmap: bool) -> tuple[faiss.Index, str]:
+    """Read one FAISS file; returns (index, how: "mmap" | "read" | "read (...)")."""
+    flag = _mmap_flag(index_type) if mmap else None
+    how = "read"
+    if flag is not None:
+        try:
+            index = faiss.read_index(str(path), flag)
+        except RuntimeError as e:
+            log.warning("%s: memory-mapped read failed (%s); reading it into memory", path, e)
+            how = "read (mmap failed)"
+        else:
+            mapped = _is_mapped(path)
+            return index, "mmap" if mapped or mapped is None else "read (mmap not supported)"
+    try:
+        return faiss.read_index(str(path)), how
+    except RuntimeError as e:
+        raise IndexDirError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0]})") from e
+
+
+class LoadedIndex:
+    """The FAISS indexes of one index directory and their metadata, ready to search."""
+
+    def __init__(
+        self,
+        index_dir: Path,
+        manifest: dict[str, Any],
+        image_records: list[ImageRecord],
+        caption_records: list[CaptionRecord],
+        image_index: faiss.Index,
+        caption_index: faiss.Index,
+        load_modes: dict[str, str],
+    ) -> None:
+        self.index_dir = index_dir
+        self.manifest = manifest
+        self.image_ids: list[str] = [r.image_id for r in image_records]
+        self.image_paths: list[str | None] = [r.path for r in image_records]
+        self.captions: list[str] = [r.text for r in caption_records]
+        self.caption_ids: list[str] = [r.caption_id for r in caption_records]
+        self.caption_image_rows: np.ndarray = np.array(
+            [r.image_row for r in caption_records], dtype=np.int64
+        )
+        self.image_index = image_index
+        self.caption_index = caption_index
+        self.load_modes = load_modes  # side -> "mmap" or "read ..." (what really happened)
+        self.dim = int(manifest["dim"])
+        self._row_of = {image_id: row for row, image_id in enumerate(self.image_ids)}
+        self._images_root = (index_dir / IMAGES_DIR).resolve()
+        # Caption rows grouped by image row: _caption_rows[_offsets[i]:_offsets[i + 1]].
+        self._caption_rows = np.argsort(self.caption_image_rows, kind="stable")
+        counts = np.bincount(self.caption_image_rows, minlength=len(self.image_ids))
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    @property
+    def model_hash(self) -> str:
+        """Hash of the model the vectors came from."""
+        return str(self.manifest["model_hash"])
+
+    def __repr__(self) -> str:
+        return (
+            f"LoadedIndex({self.index_dir}, {len(self.image_ids)} images "
+            f"[{self.manifest['images']['index_type']}], {len(self.captions)} captions "
+            f"[{self.manifest['captions']['index_type']}], {self.load_modes})"
+        )
+
+    def _search(
+        self, index: faiss.Index, queries: np.ndarray, k: int, side: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(
+                f"queries of shape {tuple(np.shape(queries))}: the {side} index has dim {self.dim}"
+            )
+        if not np.isfinite(q).all():
+            raise ValueError("queries contain NaN or infinite values")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k={k!r}: must be a positive integer")
+        k = min(int(k), int(index.ntotal))
+        # Cosine scores whatever the query's norm (a zero query stays zero).
+        norms = np.linalg.norm(q, axis=1, keepdims=True)
+        q = np.ascontiguousarray(q / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+        if k == 0 or len(q) == 0:
+            return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        scores, rows = index.search(q, k)
+        # Approximate indexes may return fewer than k hits (-1): drop the columns that are
+        # empty for every query, and give any remaining hole the score -inf.
+        found = rows >= 0
+        keep = int(found.any(axis=0).nonzero()[0].max()) + 1 if found.any() else 0
+        scores = np.where(found, scores, -np.inf)[:, :keep].astype(np.float32)
+        return scores, rows[:, :keep].astype(np.int64)
+
+    def search_images(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k images per query: (scores float32 [n, k'], rows int64 [n, k']), best first.
+
+        k' = min(k, number of images), less only if an approximate index found fewer.
+        """
+        return self._search(self.image_index, queries, k, "images")
+
+    def search_captions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k captions per query, as `search_images`."""
+        return self._search(self.caption_index, queries, k, "captions")
+
+    def image_row(self, image_id: str) -> int | None:
+        """Row of `image_id`, None if it is not indexed."""
+        return self._row_of.get(image_id) if isinstance(image_id, str) else None
+
+    def image_file(self, image_id: str) -> Path | None:
+        """The stored copy of an indexed image; None for anything else.
+
+        Only ids listed in images.json (compared as raw strings, nothing decoded) whose
+        stored file resolves to a regular file inside INDEX_DIR/images.
+        """
+        row = self.image_row(image_id)
+        rel = None if row is None else self.image_paths[row]
+        if rel is None:
+            return None
+        try:
+            path = (self._images_root / rel).resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None
+        if not path.is_relative_to(self._images_root) or not path.is_file():
+            return None
+        return path
+
+    def caption_rows_of(self, image_row: int) -> np.ndarray:
+        """Caption rows of image `image_row`, in caption order."""
+        if not 0 <= image_row < len(self.image_ids):
+            raise IndexError(f"image row {image_row} out of range 0..{len(self.image_ids) - 1}")
+        return self._caption_rows[self._offsets[image_row] : self._offsets[image_row + 1]]
+
+    def captions_of(self, image_row: int) -> list[str]:
+        """The captions of image `image_row`."""
+        return [self.captions[j] for j in self.caption_rows_of(image_row)]
+
+    def vectors(self, side: str) -> np.ndarray:
+        """The exact vectors of `side` ("images" / "captions"): reconstructed or from .npy."""
+        if side not in SIDES:
+            raise ValueError(f"side={side!r}: expected one of {SIDES}")
+        name = self.manifest[side].get("vectors_file")
+        if name:
+            arr = np.load(self.index_dir / name, mmap_mode="r", allow_pickle=False)
+            return np.asarray(arr, dtype=np.float32)
+        index = self.image_index if side == "images" else self.caption_index
+        vecs = exact_vectors(index)
+        if vecs is None:
+            raise IndexDirError(
+                f"{self.index_dir}: the {side} index keeps no exact vectors and no "
+                f"{VECTOR_FILES[side]} was stored"
+            )
+        return vecs
+
+
+def _load_once(index_dir: Path, expected_model_hash: str | None, mmap: bool) -> LoadedIndex:
+    manifest = read_manifest(index_dir)
+    if expected_model_hash is not None and manifest["model_hash"] != expected_model_hash:
+        raise ModelMismatchError(
+            f"{index_dir} was built with model {manifest['model_hash']}, but the loaded model "
+            f"is {expected_model_hash}; rebuild the index with this model"
+        )
+    _check_files(index_dir, manifest)
+    images = _read_image_records(index_dir / META_FILES["images"])
+    captions = _read_caption_records(index_dir / META_FILES["captions"], len(images))
+    if len({r.image_id for r in images}) != len(images):
+        raise IndexDirError(f"{index_dir / META_FILES['images']}: duplicate image_id")
+    records = {"images": len(images), "captions": len(captions)}
+    loaded: dict[str, faiss.Index] = {}
+    modes: dict[str, str] = {}
+    for side in SIDES:
+        section = manifest[side]
+        if section["count"] != records[side]:
+            raise IndexDirError(
+                f"{index_dir}: manifest {side}.count={section['count']} but "
+                f"{META_FILES[side]} has {records[side]} entries"
+            )
+        path = index_dir / INDEX_FILES[side]
+        index, modes[side] = read_faiss(path, section["index_type"], mmap=mmap)
+        if int(index.ntotal) != records[side]:
+            raise IndexDirError(
+                f"{path}: holds {index.ntotal} vectors but {META_FILES[side]} has "
+                f"{records[side]} entries"
+            )
+        if int(index.d) != manifest["dim"]:
+            raise IndexDirError(f"{path}: dimension {index.d}, manifest dim={manifest['dim']}")
+        apply_search_params(index, section["index_type"], section["params"])
+        loaded[side] = index
+    return LoadedIndex(
+        index_dir, manifest, images, captions, loaded["images"], loaded["captions"], modes
+    )
+
+
+def load_index(
+    index_dir: str | os.PathLike[str],
+    *,
+    expected_model_hash: str | None = None,
+    mmap: bool = True,
+) -> LoadedIndex:
+    """Load an index directory, checking it is complete and consistent.
+
+    With `mmap`, FAISS files are memory-mapped where this FAISS can (flat, HNSW, IVF with
+    FAISS >= 1.11) and read into memory otherwise; `LoadedIndex.load_modes` says which.
+    Raises IndexFileMissingError, IndexDirError or ModelMismatchError naming the problem.
+    """
+    path = Path(index_dir).absolute()
+    if not path.is_dir():
+        hint = ""
+        if path.parent.is_dir():
+            aside = sorted(p.name for p in path.parent.glob(old_prefix(path) + "*"))
+            if aside:
+                hint = f"; an interrupted swap left the previous index at {path.parent / aside[0]}"
+        raise IndexFileMissingError(f"index directory {path} does not exist{hint}")
+    for _ in range(_LOAD_ATTEMPTS):
+        loaded = _load_once(path, expected_model_hash, mmap)
+        # A writer may have swapped the directory mid-load; then the files can be a mix.
+        if read_manifest(path).get("build_id") == loaded.manifest.get("build_id"):
+            log.info("loaded %r", loaded)
+            return loaded
+        log.info("%s was replaced while loading; loading again", path)
+    raise IndexDirError(f"{path} keeps changing while being loaded")

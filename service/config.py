@@ -1,0 +1,56 @@
+"""The service's settings, read once from `VSEPP_*` environment variables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; each field is `VSEPP_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="VSEPP_", extra="ignore")
+
+    # Exported model directory (training.export); needed unless encoders are handed in.
+    model_dir: Path | None = None
+    # Index directory (index.build); needed unless an index is handed in.
+    index_dir: Path | None = None
+    # Memory-map the FAISS files so several workers share one copy of the index.
+    mmap_index: bool = True
+
+    # Largest k a client may ask for (a request without k gets 10, or max_k if smaller).
+    max_k: int = Field(default=100, ge=1)
+    # Longest text query in characters (captions are a sentence; this is generous).
+    max_query_chars: int = Field(default=1000, ge=1)
+    # Most texts in one POST /embed/text.
+    max_embed_texts: int = Field(default=256, ge=1)
+    # Largest uploaded image file in bytes; bodies are refused while they stream in.
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    # Largest JSON request body in bytes.
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1)
+    # Largest decoded image in pixels (width * height), checked from the header alone.
+    max_image_pixels: int = Field(default=24_000_000, ge=1)
+
+    # Origins allowed by CORS: a JSON list or a comma-separated string; empty turns CORS off.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Micro-batching of text queries: how long the batcher waits for company (0 turns it
+    # off: each query is encoded on its own in a worker thread) and the largest batch.
+    batch_window_ms: float = Field(default=2.0, ge=0.0)
+    batch_max: int = Field(default=32, ge=1)
+    # Images decoded and encoded at once; bounds the memory that concurrent uploads take.
+    image_concurrency: int = Field(default=2, ge=1)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value

@@ -1,0 +1,46 @@
+"""Shared route dependencies, as Annotated aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from service.config import Settings
+from service.metrics import Metrics
+from service.state import Backend, ServiceState
+
+
+def get_state(request: Request) -> ServiceState:
+    """The app's ServiceState (set by create_app)."""
+    state: ServiceState = request.app.state.vsepp
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    """The app's settings."""
+    return state.settings
+
+
+def get_metrics(state: StateDep) -> Metrics:
+    """The app's metrics."""
+    return state.metrics
+
+
+def get_backend(state: StateDep) -> Backend:
+    """The loaded model and index; 503 while they load or when loading failed."""
+    if state.backend is None:
+        if state.error is not None:
+            detail = f"the model or the index failed to load: {state.error}"
+        else:
+            detail = "the model and the index are still loading; retry shortly"
+        raise HTTPException(status_code=503, detail=detail, headers={"Retry-After": "5"})
+    return state.backend
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BackendDep = Annotated[Backend, Depends(get_backend)]

@@ -1,0 +1,103 @@
+"""The app factory: `create_app(settings, encoders, index)` and the module-level `app`.
+
+The model and the index load once per process in `lifespan`, in a worker thread, while the
+server already answers (/health says 503 until they are in). Tests and embedders hand
+ready objects to `create_app` instead; whatever is handed in is not loaded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+import service
+from service.config import Settings
+from service.imaging import configure_pil
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, ObservabilityMiddleware
+from service.protocols import Encoders, LoadedIndex
+from service.routes import embed, health, images, page, search
+from service.routes.page import page_html
+from service.state import ServiceState
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Cross-modal retrieval with VSE++ (Faghri et al., BMVC 2018): a sentence finds images,
+an image finds captions. Scores are cosine similarities in the joint embedding space,
+best first.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    encoders: Encoders | None = None,
+    index: LoadedIndex | None = None,
+) -> FastAPI:
+    """Build the service. Settings default to the environment (VSEPP_*); `encoders` and
+    `index` default to loading VSEPP_MODEL_DIR and VSEPP_INDEX_DIR in the lifespan."""
+    settings = settings if settings is not None else Settings()
+    metrics = Metrics()
+    state = ServiceState(settings=settings, metrics=metrics)
+    if encoders is not None and index is not None:
+        state.install(encoders, index)
+    page_html()  # a missing page is a packaging error: fail now, not on the first visit
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = None
+        if state.backend is None:
+            loader = asyncio.create_task(state.load(encoders, index), name="vsepp-load")
+        try:
+            yield
+        finally:
+            if loader is not None and not loader.done():
+                loader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loader
+            await state.aclose()
+
+    app = FastAPI(
+        title="VSE++ Search",
+        version=getattr(service, "__version__", "0.1.0"),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.vsepp = state
+
+    for module in (health, search, images, embed, page):
+        app.include_router(module.router)
+
+    @app.exception_handler(Exception)
+    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+    # add_middleware wraps what is already there: the last one added runs first.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_json_bytes=settings.max_json_bytes,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    return app
+
+
+app = create_app()
+# The server process (not every app a test builds) aligns PIL's process-wide bomb guard with
+# the pixel budget; decode_image checks the budget from the header either way.
+configure_pil(app.state.vsepp.settings.max_image_pixels)

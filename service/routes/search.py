@@ -1,0 +1,195 @@
+"""Search endpoints: a sentence finds images, an image finds captions."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+
+from service.deps import BackendDep, SettingsDep, StateDep
+from service.imaging import ImageRejected
+from service.routes.helpers import (
+    caption_results,
+    check_text,
+    image_results,
+    resolve_k,
+)
+from service.routing import ServiceRoute
+from service.schemas import (
+    ErrorResponse,
+    ImageSearchResponse,
+    ImageToImageResponse,
+    TextSearchRequest,
+    TextSearchResponse,
+)
+from service.search import Ranked, TextQuery
+from service.state import Backend
+from service.uploads import read_upload
+
+router = APIRouter(prefix="/search", tags=["search"], route_class=ServiceRoute)
+
+NO_KNOWN_WORDS = (
+    "none of the words of the query are in the model's vocabulary, so there is nothing to "
+    "search with; try other (English) words"
+)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "No such image in the index."},
+    413: {"model": ErrorResponse, "description": "Upload too large in bytes or pixels."},
+    415: {"model": ErrorResponse, "description": "Unsupported content type or image format."},
+    400: {"model": ErrorResponse, "description": "Not an image, or a truncated one."},
+    503: {"model": ErrorResponse, "description": "Model and index not loaded yet."},
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: _ERRORS[code] for code in codes}
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+async def _text_search(
+    request: Request, backend: Backend, query: str, k: int, start: float
+) -> TextSearchResponse:
+    hits = await backend.text_batcher.submit(TextQuery(query, k))
+    if hits.known_words <= 0:
+        return TextSearchResponse(
+            results=[],
+            took_ms=_ms(start),
+            known_words=0,
+            no_known_words=True,
+            message=NO_KNOWN_WORDS,
+        )
+    return TextSearchResponse(
+        results=image_results(request, backend, hits.ranked),
+        took_ms=_ms(start),
+        known_words=hits.known_words,
+        no_known_words=False,
+    )
+
+
+@router.post("/text", response_model=TextSearchResponse, responses=_errors(415, 503))
+async def search_text(
+    body: TextSearchRequest, request: Request, backend: BackendDep, settings: SettingsDep
+) -> TextSearchResponse:
+    """Images for a sentence, best first (cosine similarity)."""
+    start = time.perf_counter()
+    k = resolve_k(body.k if "k" in body.model_fields_set else None, settings, ("body", "k"))
+    query = check_text(body.query, settings, ("body", "query"), "query")
+    return await _text_search(request, backend, query, k, start)
+
+
+@router.get("/text", response_model=TextSearchResponse, responses=_errors(503))
+async def search_text_get(
+    request: Request,
+    backend: BackendDep,
+    settings: SettingsDep,
+    q: Annotated[str, Query(min_length=1, description="The sentence.")],
+    k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
+) -> TextSearchResponse:
+    """The same search as POST /search/text, as a link: /search/text?q=a+dog&k=10."""
+    start = time.perf_counter()
+    k_used = resolve_k(k, settings, ("query", "k"))
+    query = check_text(q, settings, ("query", "q"), "query")
+    return await _text_search(request, backend, query, k_used, start)
+
+
+@router.post(
+    "/image",
+    response_model=ImageSearchResponse,
+    responses=_errors(400, 413, 415, 503),
+)
+async def search_image(
+    request: Request,
+    backend: BackendDep,
+    settings: SettingsDep,
+    state: StateDep,
+    file: Annotated[UploadFile, File(description="The image (JPEG, PNG, GIF, TIFF, WebP, BMP).")],
+    k: Annotated[int | None, Form(ge=1, description="How many captions (default 10).")] = None,
+) -> ImageSearchResponse:
+    """Captions for an uploaded image, best first (cosine similarity)."""
+    start = time.perf_counter()
+    k_used = resolve_k(k, settings, ("body", "k"))
+    data = await read_upload(file, settings.max_upload_bytes)
+    engine = backend.engine
+
+    def work() -> tuple[Ranked, tuple[int, ...]]:
+        rgb = engine.decode(data, settings.max_image_pixels)
+        return engine.search_captions(engine.embed_image(rgb), k_used), rgb.shape
+
+    try:
+        ranked, shape = await anyio.to_thread.run_sync(work, limiter=state.image_limiter())
+    except ImageRejected as exc:
+        raise HTTPException(exc.status_code, exc.detail) from exc
+    return ImageSearchResponse(
+        results=caption_results(request, backend, ranked),
+        took_ms=_ms(start),
+        height=int(shape[0]),
+        width=int(shape[1]),
+    )
+
+
+def _row_of(backend: Backend, image_id: str) -> int:
+    row = backend.image_rows.get(image_id)
+    if row is None:
+        raise HTTPException(404, f"no image {image_id[:200]!r} in the index")
+    return row
+
+
+async def _indexed_image_vector(backend: Backend, state: StateDep, row: int) -> np.ndarray:
+    try:
+        return await anyio.to_thread.run_sync(
+            backend.engine.embed_indexed_image, row, limiter=state.image_limiter()
+        )
+    except FileNotFoundError as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+@router.get(
+    "/image-to-captions",
+    response_model=ImageSearchResponse,
+    responses=_errors(404, 503),
+)
+async def search_indexed_image_captions(
+    request: Request,
+    backend: BackendDep,
+    settings: SettingsDep,
+    state: StateDep,
+    image_id: Annotated[str, Query(min_length=1, description="An image_id of the index.")],
+    k: Annotated[int | None, Query(ge=1, description="How many captions (default 10).")] = None,
+) -> ImageSearchResponse:
+    """Captions for an image of the index (what clicking a result on the page does)."""
+    start = time.perf_counter()
+    k_used = resolve_k(k, settings, ("query", "k"))
+    row = _row_of(backend, image_id)
+    vector = await _indexed_image_vector(backend, state, row)
+    ranked = await anyio.to_thread.run_sync(backend.engine.search_captions, vector, k_used)
+    return ImageSearchResponse(
+        results=caption_results(request, backend, ranked), took_ms=_ms(start)
+    )
+
+
+@router.get(
+    "/image-to-image",
+    response_model=ImageToImageResponse,
+    responses=_errors(404, 503),
+)
+async def search_indexed_image_images(
+    request: Request,
+    backend: BackendDep,
+    settings: SettingsDep,
+    state: StateDep,
+    image_id: Annotated[str, Query(min_length=1, description="An image_id of the index.")],
+    k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
+) -> ImageToImageResponse:
+    """Images of the index nearest to one of its images."""
+    start = time.perf_counter()
+    k_used = resolve_k(k, settings, ("query", "k"))
+    row = _row_of(backend, image_id)
+    vector = await _indexed_image_vector(backend, state, row)
+    ranked = await anyio.to_thread.run_sync(backend.engine.search_images, vector, k_used)
+    return ImageToImageResponse(results=image_results(request, backend, ranked), took_ms=_ms(start))

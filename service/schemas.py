@@ -1,0 +1,132 @@
+"""Request and response bodies of the HTTP API (the contract in shared/DESIGN.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_K = 10
+
+
+class ErrorResponse(BaseModel):
+    """Any 4xx/5xx answer that is not a field validation error."""
+
+    detail: str = Field(description="What was wrong, in words.")
+
+
+class TextSearchRequest(BaseModel):
+    """A sentence to find images for."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"query": "a dog runs", "k": 10}]})
+
+    query: str = Field(min_length=1, description="The sentence; at most VSEPP_MAX_QUERY_CHARS.")
+    k: int = Field(default=DEFAULT_K, ge=1, description="How many images; at most VSEPP_MAX_K.")
+
+
+class ImageResult(BaseModel):
+    """One image found by a query."""
+
+    rank: int = Field(ge=1, description="1 for the best match.")
+    image_id: str
+    score: float = Field(description="Cosine similarity between the query and the image.")
+    image_url: str = Field(description="Where GET /images/{image_id} serves the image.")
+    captions: list[str] = Field(description="The image's captions in the index.")
+
+
+class TextSearchResponse(BaseModel):
+    """Images for a sentence, best first."""
+
+    results: list[ImageResult]
+    took_ms: float
+    known_words: int = Field(description="Words of the query in the model's vocabulary.")
+    no_known_words: bool = Field(
+        description="True when none of the query's words is known: results are then empty."
+    )
+    message: str | None = Field(default=None, description="Why results are empty, if they are.")
+
+
+class CaptionResult(BaseModel):
+    """One caption found for an image."""
+
+    rank: int = Field(ge=1)
+    caption: str
+    caption_id: str = Field(description="The caption's id in the index (IMAGE_ID#n).")
+    caption_row: int = Field(ge=0, description="Row of the caption in the caption index.")
+    image_id: str = Field(description="The indexed image this caption belongs to.")
+    score: float = Field(description="Cosine similarity between the image and the caption.")
+    image_url: str
+
+
+class ImageSearchResponse(BaseModel):
+    """Captions for an image, best first."""
+
+    results: list[CaptionResult]
+    took_ms: float
+    width: int | None = Field(default=None, description="Decoded width of an upload.")
+    height: int | None = Field(default=None, description="Decoded height of an upload.")
+
+
+class ImageToImageResponse(BaseModel):
+    """Indexed images nearest to an indexed image, best first (the image itself first)."""
+
+    results: list[ImageResult]
+    took_ms: float
+
+
+class EmbedTextRequest(BaseModel):
+    """Sentences to embed."""
+
+    texts: list[str] = Field(min_length=1, description="At most VSEPP_MAX_EMBED_TEXTS.")
+
+
+class EmbedResponse(BaseModel):
+    """Vectors in the joint space (L2-normalised), one per input."""
+
+    vectors: list[list[float]]
+    dim: int
+    model_hash: str
+    known_words: list[int] | None = Field(
+        default=None, description="Per text: words in the vocabulary (texts only)."
+    )
+    took_ms: float
+
+
+class ModelFacts(BaseModel):
+    model_hash: str
+    embed_dim: int
+    cnn: str | None = None
+    vocab_size: int | None = None
+    format: str | None = None
+
+
+class IndexFacts(BaseModel):
+    images: int
+    captions: int
+    model_hash: str | None = None
+    image_index_type: str | None = None
+    caption_index_type: str | None = None
+    built_at: str | None = None
+    format: str | None = None
+
+
+class BatchingFacts(BaseModel):
+    enabled: bool
+    window_ms: float
+    max_batch: int
+
+
+class HealthResponse(BaseModel):
+    """The service is up, with what it serves."""
+
+    status: Literal["ok"]
+    model: ModelFacts
+    index: IndexFacts
+    batching: BatchingFacts
+
+
+class NotReadyResponse(BaseModel):
+    """The service is not ready: still loading, or loading failed."""
+
+    status: Literal["loading", "error"]
+    detail: str

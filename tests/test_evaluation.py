@@ -1,0 +1,324 @@
+"""The vectorised protocol against a transcription of the original's per-query loops."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from training.evaluation import (
+    evaluate,
+    format_metrics,
+    i2t_ranks,
+    order_sim,
+    recall_metrics,
+    t2i_ranks,
+)
+
+# --- naive reference: fartashf/vsepp evaluation.py i2t/t2i, one query at a time ----------
+# Changes from the original: images are given once (not repeated 5x) and the sort is
+# stable, which is the tie rule the vectorised code documents.
+
+
+def _naive_order_row(im: np.ndarray, caps: np.ndarray) -> np.ndarray:
+    """Order scores of one image against many captions."""
+    diff = np.maximum(caps - im[np.newaxis, :], 0.0)
+    return -np.sqrt((diff * diff).sum(axis=1))
+
+
+def _naive_order_col(ims: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Order scores of one caption against many images."""
+    diff = np.maximum(cap[np.newaxis, :] - ims, 0.0)
+    return -np.sqrt((diff * diff).sum(axis=1))
+
+
+def naive_i2t(images: np.ndarray, captions: np.ndarray, measure: str = "cosine") -> np.ndarray:
+    images = np.asarray(images, dtype=np.float64)
+    captions = np.asarray(captions, dtype=np.float64)
+    ranks = np.zeros(images.shape[0])
+    for index in range(images.shape[0]):
+        if measure == "order":
+            d = _naive_order_row(images[index], captions)
+        else:
+            d = np.dot(images[index].reshape(1, -1), captions.T).flatten()
+        inds = np.argsort(d, kind="stable")[::-1]
+        rank = 1e20
+        for i in range(5 * index, 5 * index + 5):
+            tmp = np.where(inds == i)[0][0]
+            if tmp < rank:
+                rank = tmp
+        ranks[index] = rank
+    return ranks
+
+
+def naive_t2i(images: np.ndarray, captions: np.ndarray, measure: str = "cosine") -> np.ndarray:
+    images = np.asarray(images, dtype=np.float64)
+    captions = np.asarray(captions, dtype=np.float64)
+    ranks = np.zeros(captions.shape[0])
+    for index in range(images.shape[0]):
+        queries = captions[5 * index : 5 * index + 5]
+        if measure == "order":
+            d = np.stack([_naive_order_col(images, q) for q in queries])
+        else:
+            d = np.dot(queries, images.T)
+        for i in range(len(d)):
+            inds = np.argsort(d[i], kind="stable")[::-1]
+            ranks[5 * index + i] = np.where(inds == index)[0][0]
+    return ranks
+
+
+def naive_metrics(ranks: np.ndarray) -> tuple[float, ...]:
+    r1 = 100.0 * len(np.where(ranks < 1)[0]) / len(ranks)
+    r5 = 100.0 * len(np.where(ranks < 5)[0]) / len(ranks)
+    r10 = 100.0 * len(np.where(ranks < 10)[0]) / len(ranks)
+    medr = np.floor(np.median(ranks)) + 1
+    meanr = ranks.mean() + 1
+    return (r1, r5, r10, medr, meanr)
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def random_pairs(n: int, d: int, seed: int, measure: str = "cosine") -> tuple[np.ndarray, ...]:
+    """Captions near their image, float32 like an encoder's output."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((n, d))
+    captions = np.repeat(images, 5, axis=0) + 1.5 * rng.standard_normal((5 * n, d))
+    images, captions = _normalise(images), _normalise(captions)
+    if measure == "order":  # order embeddings live in the positive orthant (use_abs)
+        images, captions = np.abs(images), np.abs(captions)
+    return images.astype(np.float32), captions.astype(np.float32)
+
+
+def tied_pairs(n: int, d: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Few distinct values and duplicated rows, so most scores tie exactly.
+
+    Entries are multiples of 1/4 in [-1, 1]: every product and sum is exact in float64,
+    so a score is the same number whichever BLAS kernel or summation order computes it.
+    """
+    rng = np.random.default_rng(seed)
+    images = rng.integers(-2, 3, size=(n, d)) / 4.0
+    captions = rng.integers(-2, 3, size=(5 * n, d)) / 4.0
+    images[1::3] = images[0]  # duplicated images
+    captions[7::4] = captions[2]  # duplicated captions, across owners
+    captions[5 * (n // 2) : 5 * (n // 2) + 5] = images[n // 2]  # an exact match
+    return images, captions
+
+
+CASES = [
+    pytest.param(random_pairs(1, 4, 0), id="n1"),
+    pytest.param(random_pairs(2, 8, 1), id="n2"),
+    pytest.param(random_pairs(37, 16, 2), id="n37"),
+    pytest.param(random_pairs(120, 32, 3), id="n120"),
+    pytest.param(tied_pairs(23, 5, 4), id="ties-n23"),
+    pytest.param(tied_pairs(60, 3, 5), id="ties-n60"),
+]
+ORDER_CASES = [
+    pytest.param(random_pairs(2, 8, 6, "order"), id="order-n2"),
+    pytest.param(random_pairs(41, 12, 7, "order"), id="order-n41"),
+    pytest.param(tuple(np.abs(x) for x in tied_pairs(30, 4, 8)), id="order-ties-n30"),
+]
+
+
+# --- equivalence with the original ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", CASES)
+def test_ranks_match_naive_cosine(data: tuple[np.ndarray, np.ndarray]) -> None:
+    images, captions = data
+    np.testing.assert_array_equal(i2t_ranks(images, captions), naive_i2t(images, captions))
+    np.testing.assert_array_equal(t2i_ranks(images, captions), naive_t2i(images, captions))
+
+
+@pytest.mark.parametrize("data", ORDER_CASES)
+def test_ranks_match_naive_order(data: tuple[np.ndarray, np.ndarray]) -> None:
+    images, captions = data
+    np.testing.assert_array_equal(
+        i2t_ranks(images, captions, "order"), naive_i2t(images, captions, "order")
+    )
+    np.testing.assert_array_equal(
+        t2i_ranks(images, captions, "order"), naive_t2i(images, captions, "order")
+    )
+
+
+def test_tie_cases_really_tie() -> None:
+    images, captions = tied_pairs(23, 5, 4)
+    scores = images @ captions.T
+    assert len(np.unique(scores)) < scores.size / 20
+
+
+@pytest.mark.parametrize(
+    ("data", "measure"),
+    [pytest.param(*p.values, "cosine", id=p.id) for p in CASES]
+    + [pytest.param(*p.values, "order", id=p.id) for p in ORDER_CASES],
+)
+def test_evaluate_matches_naive_metrics(data: tuple[np.ndarray, np.ndarray], measure: str) -> None:
+    images, captions = data
+    got = evaluate(images, captions, measure=measure)
+    want_i2t = naive_metrics(naive_i2t(images, captions, measure))
+    want_t2i = naive_metrics(naive_t2i(images, captions, measure))
+    keys = ("r1", "r5", "r10", "medr", "meanr")
+    assert tuple(got["i2t"][k] for k in keys) == want_i2t
+    assert tuple(got["t2i"][k] for k in keys) == want_t2i
+    r, ri = want_i2t, want_t2i  # summed left to right, as the original does
+    assert got["rsum"] == r[0] + r[1] + r[2] + ri[0] + ri[1] + ri[2]
+    assert got["n_images"] == len(images)
+
+
+def test_order_sim_matches_definition() -> None:
+    images, captions = random_pairs(6, 7, 9, "order")
+    want = np.stack([_naive_order_row(im.astype(np.float64), captions) for im in images])
+    np.testing.assert_array_equal(order_sim(images, captions), want)
+    np.testing.assert_array_equal(order_sim(images, captions, max_bytes=1), want)
+    assert order_sim(images, images).diagonal().tolist() == [0.0] * 6
+
+
+# --- hand cases ----------------------------------------------------------------------------
+
+
+def test_perfect_embeddings() -> None:
+    images = np.eye(4)
+    captions = np.repeat(images, 5, axis=0)
+    metrics = evaluate(images, captions)
+    for direction in ("i2t", "t2i"):
+        assert metrics[direction] == {"r1": 100.0, "r5": 100.0, "r10": 100.0, "medr": 1.0,
+                                      "meanr": 1.0}  # fmt: skip
+    assert metrics["rsum"] == 600.0
+    assert metrics["n_images"] == 4
+
+
+def test_all_scores_tied_higher_index_first() -> None:
+    n = 3
+    images, captions = np.ones((n, 2)), np.ones((5 * n, 2))
+    # Everything ties, so the ranking is simply by index, highest first.
+    # i2t: image i's best caption is 5i+4, behind the 5n-1-(5i+4) captions after it.
+    assert i2t_ranks(images, captions).tolist() == [10, 5, 0]
+    # t2i: caption j's image j//5 is behind the n-1-j//5 images after it.
+    assert t2i_ranks(images, captions).tolist() == [2] * 5 + [1] * 5 + [0] * 5
+
+
+def test_hand_ranks() -> None:
+    # Two images on the axes; image 0's captions point away from it except caption 3.
+    images = np.array([[1.0, 0.0], [0.0, 1.0]])
+    captions = np.array(
+        [[0.0, 1.0]] * 3 + [[0.6, 0.8]] + [[0.0, 1.0]]  # image 0's
+        + [[0.0, 1.0]] * 5  # image 1's
+    )  # fmt: skip
+    # Image 0 scores: 0,0,0,.6,0 | 0 x5 -> caption 3 is first: rank 0.
+    # Image 1 scores: 1,1,1,.8,1 | 1 x5 -> ties by index: 9,8,7,6,5 first -> rank 0.
+    assert i2t_ranks(images, captions).tolist() == [0, 0]
+    # Captions 0-2 and 4 prefer image 1 (score 1 vs 0): rank 1; caption 3 scores .6 vs .8.
+    assert t2i_ranks(images, captions).tolist() == [1, 1, 1, 1, 1] + [0] * 5
+    metrics = recall_metrics(np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0]))
+    assert metrics == {"r1": 50.0, "r5": 100.0, "r10": 100.0, "medr": 1.0, "meanr": 1.5}
+
+
+def test_recall_metrics_formula() -> None:
+    ranks = np.array([0, 3, 4, 5, 9, 10, 120])
+    m = recall_metrics(ranks)
+    assert m["r1"] == 100.0 * 1 / 7
+    assert m["r5"] == 100.0 * 3 / 7
+    assert m["r10"] == 100.0 * 5 / 7
+    assert m["medr"] == 6.0  # median 5 -> 5 + 1
+    assert m["meanr"] == ranks.mean() + 1
+    assert recall_metrics([0, 1])["medr"] == 1.0  # floor(0.5) + 1
+
+
+# --- folds, chunking, validation, formatting ---------------------------------------------
+
+
+def test_fold5_averages_independent_folds() -> None:
+    images, captions = random_pairs(30, 8, 10)
+    metrics = evaluate(images, captions, fold5=True)
+    assert {k: metrics[k] for k in ("i2t", "t2i", "rsum", "n_images")} == evaluate(images, captions)
+    assert len(metrics["folds"]) == 5
+    for k, fold in enumerate(metrics["folds"]):
+        assert fold == evaluate(images[6 * k : 6 * k + 6], captions[30 * k : 30 * k + 30])
+    mean = metrics["mean_of_folds"]
+    assert mean["n_images"] == 6
+    for direction in ("i2t", "t2i"):
+        for key in ("r1", "r5", "r10", "medr", "meanr"):
+            want = np.mean([f[direction][key] for f in metrics["folds"]])
+            assert mean[direction][key] == pytest.approx(want, abs=1e-12)
+    assert mean["rsum"] == pytest.approx(np.mean([f["rsum"] for f in metrics["folds"]]))
+    # A 6-image fold is easier than the 30-image whole.
+    assert mean["rsum"] >= metrics["rsum"]
+
+
+def test_fold5_needs_multiple_of_five() -> None:
+    images, captions = random_pairs(7, 4, 11)
+    with pytest.raises(ValueError, match="divisible by 5"):
+        evaluate(images, captions, fold5=True)
+
+
+@pytest.mark.parametrize("measure", ["cosine", "order"])
+@pytest.mark.parametrize("seed", [12, 13])
+def test_chunking_gives_identical_results(measure: str, seed: int) -> None:
+    if seed == 12:
+        images, captions = random_pairs(45, 16, seed, measure)
+    else:
+        images, captions = (np.abs(x) for x in tied_pairs(45, 4, seed))
+    full_i2t = i2t_ranks(images, captions, measure)
+    full_t2i = t2i_ranks(images, captions, measure)
+    one = evaluate(images, captions, measure=measure)
+    # 1 byte: one query row per chunk (and one pair per order block); 40 KB: a few rows.
+    for max_bytes in (1, 40_000):
+        np.testing.assert_array_equal(
+            i2t_ranks(images, captions, measure, max_bytes=max_bytes), full_i2t
+        )
+        np.testing.assert_array_equal(
+            t2i_ranks(images, captions, measure, max_bytes=max_bytes), full_t2i
+        )
+        assert evaluate(images, captions, measure=measure, max_bytes=max_bytes) == one
+    assert recall_metrics(full_i2t) == one["i2t"]
+    assert recall_metrics(full_t2i) == one["t2i"]
+
+
+@pytest.mark.parametrize(
+    ("images", "captions", "message"),
+    [
+        (np.zeros((3, 4)), np.zeros((14, 4)), "5 captions per image: 3 images need 15"),
+        (np.zeros((3, 4)), np.zeros((3, 4)), "5 captions per image"),
+        (np.zeros((3, 4)), np.zeros((15, 5)), "embedding sizes differ"),
+        (np.zeros(4), np.zeros((5, 4)), "must be 2-D"),
+        (np.zeros((0, 4)), np.zeros((0, 4)), "no images"),
+        (np.full((1, 2), np.nan), np.zeros((5, 2)), "images contain NaN"),
+        (np.zeros((1, 2)), np.full((5, 2), np.inf), "captions contain NaN"),
+    ],
+)
+def test_bad_inputs_raise(images: np.ndarray, captions: np.ndarray, message: str) -> None:
+    for fn in (i2t_ranks, t2i_ranks, evaluate):
+        with pytest.raises(ValueError, match=message):
+            fn(images, captions)
+
+
+def test_bad_measure_and_ranks_raise() -> None:
+    images, captions = random_pairs(2, 4, 14)
+    with pytest.raises(ValueError, match="unknown measure 'dot'"):
+        evaluate(images, captions, measure="dot")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        recall_metrics(np.array([]))
+
+
+def test_format_metrics_layout() -> None:
+    images, captions = random_pairs(10, 8, 15)
+    metrics = evaluate(images, captions, fold5=True)
+    text = format_metrics(metrics)
+    assert "Mean of 5 folds (2 images, 10 captions)" in text
+    assert "Full set (10 images, 50 captions)" in text
+    header = next(line for line in text.splitlines() if "R@1" in line)
+    assert header.split() == ["R@1", "R@5", "R@10", "Med", "r", "Mean", "r"]
+    row = next(line for line in text.splitlines()[::-1] if line.startswith("Image to text"))
+    values = [float(v) for v in row.removeprefix("Image to text").split()]
+    i2t = metrics["i2t"]
+    assert values == [round(i2t[k], 1) for k in ("r1", "r5", "r10", "medr", "meanr")]
+    assert f"rsum: {metrics['rsum']:.1f}" in text
+    single = format_metrics(evaluate(images, captions))
+    assert single.splitlines()[0] == "Test set (10 images, 50 captions)"
+    assert "Text to image" in single
+    assert not math.isnan(metrics["rsum"])

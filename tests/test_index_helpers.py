@@ -1,0 +1,125 @@
+"""Shared data and stand-ins for the index tests (no model, no TensorFlow).
+
+Named `test_index_*` so it sits with the index tests; it holds no tests itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.collection import build_index_dir
+from index.store import MANIFEST, NewCaption, NewImage
+
+DIM = 16
+
+
+def unit_vectors(n: int, d: int = DIM, seed: int = 0) -> np.ndarray:
+    """Seeded random unit vectors, float32 [n, d]."""
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered_vectors(n: int, d: int = DIM, clusters: int = 20, seed: int = 0) -> np.ndarray:
+    """Seeded unit vectors around `clusters` centres (an easier, more realistic case)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + 0.35 * rng.standard_normal((n, d)).astype(
+        np.float32
+    )
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def collection(
+    n_images: int, d: int = DIM, seed: int = 0, prefix: str = "img", files: Path | None = None
+) -> tuple[np.ndarray, list[NewImage], np.ndarray, list[NewCaption]]:
+    """n images with 5 captions each; captions sit near their image. Optional files on disk."""
+    images = unit_vectors(n_images, d, seed)
+    noise = unit_vectors(5 * n_images, d, seed + 1000)
+    captions = np.repeat(images, 5, axis=0) + 0.6 * noise
+    records = []
+    for i in range(n_images):
+        image_id = f"{prefix}{i:04d}.jpg"
+        file = None
+        if files is not None:
+            file = files / image_id
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(f"image {image_id}".encode())
+        records.append(NewImage(image_id, file))
+    caps = [NewCaption(r.image_id, f"caption {j} of {r.image_id}") for r in records for j in range(5)]
+    return images, records, captions.astype(np.float32), caps
+
+
+def make_index(
+    out: Path, n_images: int = 40, *, index_type: str = "flat", seed: int = 0, **kw: Any
+) -> dict[str, Any]:
+    """A small index directory with image files; returns its manifest."""
+    files = out.parent / f"{out.name}-src"
+    im, records, caps, cap_records = collection(n_images, seed=seed, files=files)
+    return build_index_dir(
+        out, im, records, caps, cap_records, model_hash="model-a", index_type=index_type, **kw
+    )
+
+
+def rewrite_json(index_dir: Path, name: str, value: Any) -> None:
+    """Replace a metadata file and fix its size in the manifest (a consistent tampering)."""
+    path = index_dir / name
+    path.write_text(json.dumps(value), encoding="utf-8")
+    manifest = json.loads((index_dir / MANIFEST).read_text())
+    if name != MANIFEST:
+        manifest["files"][name]["bytes"] = path.stat().st_size
+        (index_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Hidden temporary / swapped-out directories an index write may have left in `parent`."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+class FakeEncoders:
+    """Deterministic stand-in for `index.encoders.Encoders`.
+
+    An image file's bytes ``image NAME`` map to a vector seeded by NAME; a caption that
+    mentions NAME maps near it, so retrieval works. Bytes starting with ``BAD`` fail to
+    decode, as a corrupt JPEG would in TensorFlow.
+    """
+
+    def __init__(self, dim: int = DIM, model_hash: str = "fake-model", out_dim: int | None = None):
+        self.embed_dim = dim
+        self.model_hash = model_hash
+        self.manifest: dict[str, Any] = {"embed_dim": dim}
+        self._out_dim = out_dim or dim
+        self.image_calls: list[int] = []
+
+    def _vector(self, key: str, noise_key: str = "", scale: float = 0.0) -> np.ndarray:
+        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+        v = np.random.default_rng(seed).standard_normal(self._out_dim)
+        if scale:
+            nseed = int.from_bytes(hashlib.sha256(noise_key.encode()).digest()[:8], "little")
+            v = v + scale * np.random.default_rng(nseed).standard_normal(self._out_dim)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    def encode_image_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
+        self.image_calls.append(len(blobs))
+        out = []
+        for blob in blobs:
+            if blob.startswith(b"BAD"):
+                raise RuntimeError("InvalidArgumentError: Unknown image file format")
+            out.append(self._vector(blob.decode(errors="replace").removeprefix("image ")))
+        return np.stack(out)
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for text in texts:
+            m = re.search(r"(\S+\.jpg)", text)
+            key = m.group(1) if m else text
+            out.append(self._vector(key, text, 0.8))
+        return np.stack(out) if out else np.zeros((0, self._out_dim), np.float32), np.full(
+            len(texts), 3, np.int32
+        )

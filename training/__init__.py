@@ -1,0 +1,1 @@
+"""VSE++ training: datasets, text, input pipeline, model, loss, evaluation and export."""

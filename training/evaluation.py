@@ -1,0 +1,330 @@
+"""The VSE++ retrieval protocol: Recall@K, median and mean rank, image<->text, vectorised.
+
+Same numbers as ``i2t``/``t2i`` in fartashf/vsepp ``evaluation.py``, without a Python loop
+per query, and with the score matrix built in row chunks so that the 5K test set
+(5,000 x 25,000 scores) never needs more than ``max_bytes`` (200 MB) of scores at once.
+
+Layout: ``images`` [N, D] holds each image ONCE (the original repeats each 5 times) and
+``captions`` [5N, D] gives image i the rows 5i..5i+4. ``scores[i, j] = sim(image i,
+caption j)``, in float64 like the original (its embedding arrays are float64).
+
+Ranks are 0-based positions in the ranking ``numpy.argsort(d)[::-1]`` of the original,
+with one thing pinned down that it left to an unstable sort: ties. We rank as a STABLE
+ascending sort reversed would, i.e. among equal scores the HIGHER index comes first, so
+
+    position(j) = #{k : d[k] > d[j]} + #{k : d[k] == d[j] and k > j}.
+
+- i2t rank of image i: the best (smallest) position among its five captions in the
+  ranking of all 5N captions by ``scores[i, :]``.
+- t2i rank of caption j: the position of image ``j // 5`` in the ranking of all N images
+  by ``scores[:, j]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any, Literal, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+logger = logging.getLogger(__name__)
+
+Measure = Literal["cosine", "order"]
+MEASURES: tuple[str, ...] = ("cosine", "order")
+CAPTIONS_PER_IMAGE = 5
+NUM_FOLDS = 5
+RECALL_AT = (1, 5, 10)
+DEFAULT_MAX_BYTES = 200 * 2**20
+
+_SCORE_BYTES = np.dtype(np.float64).itemsize
+# A chunk of scores costs its float64 values plus two boolean masks (`>` and `==`) and
+# headroom for the tie mask; half the budget goes to them, half to order_sim's temporary.
+_BYTES_PER_SCORE = _SCORE_BYTES + 4
+
+ArrayLike = npt.ArrayLike
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+class RecallMetrics(TypedDict):
+    """One retrieval direction: recalls in percent, ranks 1-based as in the paper."""
+
+    r1: float
+    r5: float
+    r10: float
+    medr: float
+    meanr: float
+
+
+def _check_measure(measure: str) -> None:
+    if measure not in MEASURES:
+        raise ValueError(f"unknown measure {measure!r}; expected one of {MEASURES}")
+
+
+def _validate(images: ArrayLike, captions: ArrayLike, measure: str) -> tuple[FloatArray, ...]:
+    """Both embedding matrices as float64, after checking the 5-captions-per-image layout."""
+    _check_measure(measure)
+    ims = np.asarray(images, dtype=np.float64)
+    caps = np.asarray(captions, dtype=np.float64)
+    if ims.ndim != 2 or caps.ndim != 2:
+        raise ValueError(
+            f"images and captions must be 2-D [N, D] and [5N, D], got shapes "
+            f"{ims.shape} and {caps.shape}"
+        )
+    if ims.shape[0] == 0:
+        raise ValueError("no images to evaluate: images has 0 rows")
+    if caps.shape[0] != CAPTIONS_PER_IMAGE * ims.shape[0]:
+        raise ValueError(
+            f"expected {CAPTIONS_PER_IMAGE} captions per image: {ims.shape[0]} images need "
+            f"{CAPTIONS_PER_IMAGE * ims.shape[0]} caption rows (image i owns rows 5i..5i+4), "
+            f"got {caps.shape[0]}"
+        )
+    if ims.shape[1] != caps.shape[1]:
+        raise ValueError(
+            f"embedding sizes differ: images have D={ims.shape[1]}, captions D={caps.shape[1]}"
+        )
+    for name, arr in (("images", ims), ("captions", caps)):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} contain NaN or infinite values")
+    return ims, caps
+
+
+def _chunks(total: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, total, size):
+        yield start, min(start + size, total)
+
+
+def _rows_per_chunk(n_columns: int, max_bytes: int) -> int:
+    return max(1, (max_bytes // 2) // (n_columns * _BYTES_PER_SCORE))
+
+
+def order_sim(im: ArrayLike, s: ArrayLike, *, max_bytes: int = DEFAULT_MAX_BYTES) -> FloatArray:
+    """Order-embedding scores [n_im, n_s]: ``-||max(0, s_j - im_i)||_2``, as the original.
+
+    The [n_im, n_s, D] difference tensor is built in blocks of at most ``max_bytes / 2``.
+    """
+    im = np.asarray(im, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64)
+    out = np.empty((im.shape[0], s.shape[0]), dtype=np.float64)
+    budget = max(1, max_bytes // 2)
+    pair_bytes = max(1, im.shape[1]) * _SCORE_BYTES
+    im_block = max(1, min(im.shape[0], budget // pair_bytes))
+    s_block = max(1, min(s.shape[0], budget // (pair_bytes * im_block)))
+    for a, b in _chunks(im.shape[0], im_block):
+        for c, d in _chunks(s.shape[0], s_block):
+            diff = s[np.newaxis, c:d, :] - im[a:b, np.newaxis, :]
+            np.maximum(diff, 0.0, out=diff)
+            np.square(diff, out=diff)
+            # Always a sum over the contiguous last axis, so each score is bit-for-bit the
+            # same whatever the blocking (numpy's pairwise sum per row).
+            out[a:b, c:d] = -np.sqrt(diff.sum(axis=-1))
+    return out
+
+
+def _scores(queries: FloatArray, keys: FloatArray, measure: str, max_bytes: int) -> FloatArray:
+    """Scores of ``queries`` (rows) against ``keys`` (columns); images first for order."""
+    if measure == "order":
+        return order_sim(queries, keys, max_bytes=max_bytes)
+    return queries @ keys.T
+
+
+def _caption_scores(
+    captions: FloatArray, images: FloatArray, measure: str, max_bytes: int
+) -> FloatArray:
+    """Scores [n_captions, n_images] (``scores.T``); order is asymmetric, so keep roles."""
+    if measure == "order":
+        return order_sim(images, captions, max_bytes=max_bytes).T
+    return captions @ images.T
+
+
+def _positions(scores: FloatArray, true_index: IntArray) -> IntArray:
+    """0-based position of ``scores[r, true_index[r]]`` in row r's ranking (ties: higher first)."""
+    rows = np.arange(scores.shape[0])
+    true = scores[rows, true_index][:, np.newaxis]
+    position = np.count_nonzero(scores > true, axis=1).astype(np.int64)
+    equal = scores == true
+    # Exact ties are rare in real embeddings (duplicate captions), so only the rows that
+    # have one pay for the index mask.
+    tied = np.flatnonzero(np.count_nonzero(equal, axis=1) > 1)
+    if tied.size:
+        later = np.arange(scores.shape[1])[np.newaxis, :] > true_index[tied, np.newaxis]
+        position[tied] += np.count_nonzero(equal[tied] & later, axis=1)
+    return position
+
+
+def _i2t_positions(scores: FloatArray, first_image: int) -> IntArray:
+    """i2t ranks of images ``first_image..`` from their score rows against all captions."""
+    images = first_image + np.arange(scores.shape[0])
+    owned = images[:, np.newaxis] * CAPTIONS_PER_IMAGE + np.arange(CAPTIONS_PER_IMAGE)
+    own_scores = np.take_along_axis(scores, owned, axis=1)
+    # The smallest of the five positions is the position of the caption ranked first among
+    # them: the highest score, the higher index on a tie, which argmax over the reversed
+    # block finds (argmax returns the first maximum).
+    best = CAPTIONS_PER_IMAGE - 1 - np.argmax(own_scores[:, ::-1], axis=1)
+    return _positions(scores, owned[np.arange(len(images)), best])
+
+
+def _i2t(images: FloatArray, captions: FloatArray, measure: str, max_bytes: int) -> IntArray:
+    ranks = np.empty(images.shape[0], dtype=np.int64)
+    rows = _rows_per_chunk(captions.shape[0], max_bytes)
+    for start, stop in _chunks(images.shape[0], rows):
+        scores = _scores(images[start:stop], captions, measure, max_bytes)
+        ranks[start:stop] = _i2t_positions(scores, start)
+    return ranks
+
+
+def _t2i(images: FloatArray, captions: FloatArray, measure: str, max_bytes: int) -> IntArray:
+    ranks = np.empty(captions.shape[0], dtype=np.int64)
+    rows = _rows_per_chunk(images.shape[0], max_bytes)
+    for start, stop in _chunks(captions.shape[0], rows):
+        scores = _caption_scores(captions[start:stop], images, measure, max_bytes)
+        owners = np.arange(start, stop, dtype=np.int64) // CAPTIONS_PER_IMAGE
+        ranks[start:stop] = _positions(scores, owners)
+    return ranks
+
+
+def _both_ranks(
+    images: FloatArray, captions: FloatArray, measure: str, max_bytes: int
+) -> tuple[IntArray, IntArray]:
+    """(i2t, t2i) ranks; one score matrix serves both when it fits in the budget."""
+    n_images, n_captions = images.shape[0], captions.shape[0]
+    if n_images * n_captions * _BYTES_PER_SCORE <= max_bytes // 2:
+        scores = _scores(images, captions, measure, max_bytes)
+        owners = np.arange(n_captions, dtype=np.int64) // CAPTIONS_PER_IMAGE
+        return _i2t_positions(scores, 0), _positions(scores.T, owners)
+    logger.debug("score matrix %dx%d over budget: chunking", n_images, n_captions)
+    return _i2t(images, captions, measure, max_bytes), _t2i(images, captions, measure, max_bytes)
+
+
+def i2t_ranks(
+    images: ArrayLike,
+    captions: ArrayLike,
+    measure: Measure = "cosine",
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> IntArray:
+    """Image->text ranks [N]: best 0-based position of an image's own captions."""
+    ims, caps = _validate(images, captions, measure)
+    return _i2t(ims, caps, measure, max_bytes)
+
+
+def t2i_ranks(
+    images: ArrayLike,
+    captions: ArrayLike,
+    measure: Measure = "cosine",
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> IntArray:
+    """Text->image ranks [5N]: 0-based position of caption j's image ``j // 5``."""
+    ims, caps = _validate(images, captions, measure)
+    return _t2i(ims, caps, measure, max_bytes)
+
+
+def recall_metrics(ranks: ArrayLike) -> RecallMetrics:
+    """R@1/5/10 (percent of ranks < K), ``medr = floor(median) + 1``, ``meanr = mean + 1``."""
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or ranks.size == 0:
+        raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
+    # 100.0 * count / n, in the original's order, so the floats match it bit for bit.
+    r1, r5, r10 = (100.0 * np.count_nonzero(ranks < k) / ranks.size for k in RECALL_AT)
+    return RecallMetrics(
+        r1=float(r1),
+        r5=float(r5),
+        r10=float(r10),
+        medr=float(np.floor(np.median(ranks)) + 1),
+        meanr=float(ranks.mean() + 1),
+    )
+
+
+def _metrics(i2t: IntArray, t2i: IntArray) -> dict[str, Any]:
+    r, ri = recall_metrics(i2t), recall_metrics(t2i)
+    rsum = r["r1"] + r["r5"] + r["r10"] + ri["r1"] + ri["r5"] + ri["r10"]
+    return {"i2t": r, "t2i": ri, "rsum": float(rsum), "n_images": int(i2t.size)}
+
+
+def _mean_metrics(folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average of per-fold metrics, every entry (medr and meanr too), as the original."""
+
+    def mean_of(direction: str) -> RecallMetrics:
+        def avg(key: str) -> float:
+            return float(np.mean([f[direction][key] for f in folds]))
+
+        return RecallMetrics(
+            r1=avg("r1"), r5=avg("r5"), r10=avg("r10"), medr=avg("medr"), meanr=avg("meanr")
+        )
+
+    return {
+        "i2t": mean_of("i2t"),
+        "t2i": mean_of("t2i"),
+        "rsum": float(np.mean([f["rsum"] for f in folds])),
+        "n_images": folds[0]["n_images"],
+    }
+
+
+def evaluate(
+    images: ArrayLike,
+    captions: ArrayLike,
+    *,
+    measure: Measure = "cosine",
+    fold5: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> dict[str, Any]:
+    """Both directions on the whole set: ``{"i2t", "t2i", "rsum", "n_images"}``.
+
+    With ``fold5`` (COCO's protocol; needs N divisible by 5) it adds ``"folds"``, the five
+    consecutive N/5-image folds (1K each on the 5K test set) each evaluated on its own, and
+    ``"mean_of_folds"``, their average; the top-level entries stay the full-set numbers.
+    """
+    ims, caps = _validate(images, captions, measure)
+    result = _metrics(*_both_ranks(ims, caps, measure, max_bytes))
+    if fold5:
+        n = ims.shape[0]
+        if n % NUM_FOLDS:
+            raise ValueError(f"fold5 needs a number of images divisible by 5, got {n}")
+        size = n // NUM_FOLDS
+        cap_size = size * CAPTIONS_PER_IMAGE
+        folds = [
+            _metrics(
+                *_both_ranks(
+                    ims[k * size : (k + 1) * size],
+                    caps[k * cap_size : (k + 1) * cap_size],
+                    measure,
+                    max_bytes,
+                )
+            )
+            for k in range(NUM_FOLDS)
+        ]
+        result["folds"] = folds
+        result["mean_of_folds"] = _mean_metrics(folds)
+    return result
+
+
+def _format_block(title: str, metrics: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{title} ({metrics['n_images']} images, "
+        f"{metrics['n_images'] * CAPTIONS_PER_IMAGE} captions)",
+        f"{'':<15}{'R@1':>6}{'R@5':>7}{'R@10':>7}{'Med r':>8}{'Mean r':>8}",
+    ]
+    for label, key in (("Image to text", "i2t"), ("Text to image", "t2i")):
+        m = metrics[key]
+        lines.append(
+            f"{label:<15}{m['r1']:>6.1f}{m['r5']:>7.1f}{m['r10']:>7.1f}"
+            f"{m['medr']:>8.1f}{m['meanr']:>8.1f}"
+        )
+    lines.append(f"rsum: {metrics['rsum']:.1f}")
+    return lines
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """The paper's table: R@1 R@5 R@10 Med r Mean r per direction, then rsum."""
+    if "mean_of_folds" in metrics:
+        lines = [
+            *_format_block("Mean of 5 folds", metrics["mean_of_folds"]),
+            "",
+            *_format_block("Full set", metrics),
+        ]
+    else:
+        lines = _format_block("Test set", metrics)
+    return "\n".join(lines)
