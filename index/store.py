@@ -523,20 +523,25 @@ def _load_once(index_dir: Path, expected_model_hash: str | None, mmap: bool) -> 
             f"is {expected_model_hash}; rebuild the index with this model"
         )
     _check_files(index_dir, manifest)
+
+    def check_count(side: str, n: int) -> None:
+        if manifest[side]["count"] != n:
+            raise IndexDirError(
+                f"{index_dir}: manifest {side}.count={manifest[side]['count']} but "
+                f"{META_FILES[side]} has {n} entries"
+            )
+
     images = _read_image_records(index_dir / META_FILES["images"])
-    captions = _read_caption_records(index_dir / META_FILES["captions"], len(images))
+    check_count("images", len(images))
     if len({r.image_id for r in images}) != len(images):
         raise IndexDirError(f"{index_dir / META_FILES['images']}: duplicate image_id")
+    captions = _read_caption_records(index_dir / META_FILES["captions"], len(images))
+    check_count("captions", len(captions))
     records = {"images": len(images), "captions": len(captions)}
     loaded: dict[str, faiss.Index] = {}
     modes: dict[str, str] = {}
     for side in SIDES:
         section = manifest[side]
-        if section["count"] != records[side]:
-            raise IndexDirError(
-                f"{index_dir}: manifest {side}.count={section['count']} but "
-                f"{META_FILES[side]} has {records[side]} entries"
-            )
         path = index_dir / INDEX_FILES[side]
         index, modes[side] = read_faiss(path, section["index_type"], mmap=mmap)
         if int(index.ntotal) != records[side]:

@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         if metrics_dir is not None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 

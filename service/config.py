@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     index_dir: Path | None = None
     # Memory-map the FAISS files so several workers share one copy of the index.
     mmap_index: bool = True
+    # Load in the background and answer /health with 503 meanwhile (the default), or load
+    # before accepting connections and exit if loading fails (several workers behind one
+    # port: no worker then takes requests before it can answer them).
+    load_in_background: bool = True
 
     # Largest k a client may ask for (a request without k gets 10, or max_k if smaller).
     max_k: int = Field(default=100, ge=1)

@@ -78,7 +78,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     try:
         image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(413, f"image has too many pixels: {exc}") from exc
+        raise ImageRejected(413, _too_many_pixels(max_pixels, exc)) from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected(
             400, f"the uploaded file is not an image that can be read ({FORMATS_HINT})"
@@ -106,7 +106,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             image.seek(0)
             image.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageRejected(413, f"image has too many pixels: {exc}") from exc
+            raise ImageRejected(413, _too_many_pixels(max_pixels, exc)) from exc
         except Exception as exc:
             raise ImageRejected(
                 400, f"the {image.format} image is truncated or corrupt: {_reason(exc)}"
@@ -164,6 +164,13 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
         data = np.clip(data, 0, 65535)
         return np.rint(data / 257.0).astype(np.uint8)
     return np.clip(data, 0, 255).astype(np.uint8)
+
+
+def _too_many_pixels(max_pixels: int, exc: Exception) -> str:
+    return (
+        f"image has more pixels than the limit of {max_pixels} (VSEPP_MAX_IMAGE_PIXELS): "
+        f"{_reason(exc)}"
+    )
 
 
 def _reason(exc: Exception) -> str:

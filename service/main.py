@@ -13,11 +13,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 
 import service
+from service import errors
 from service.config import Settings
 from service.imaging import configure_pil
 from service.metrics import Metrics
@@ -53,8 +53,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = None
-        if state.backend is None:
+        if state.backend is None and settings.load_in_background:
             loader = asyncio.create_task(state.load(encoders, index), name="vsepp-load")
+        elif state.backend is None:
+            await state.load(encoders, index)
+            if state.error is not None:
+                raise RuntimeError(f"the model or the index failed to load: {state.error}")
         try:
             yield
         finally:
@@ -75,10 +79,7 @@ def create_app(
     for module in (health, search, images, embed, page):
         app.include_router(module.router)
 
-    @app.exception_handler(Exception)
-    async def unhandled(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal server error"}, status_code=500)
+    errors.install(app)
 
     # add_middleware wraps what is already there: the last one added runs first.
     app.add_middleware(

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import numpy as np
 
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -80,6 +81,15 @@ def load_objects(
     return encoders, index
 
 
+def warm_up(encoders: Encoders) -> None:
+    """One tiny call per encoder, so that TensorFlow traces its graphs now and not on the
+    first user's request (hundreds of milliseconds on a CPU)."""
+    start = time.perf_counter()
+    encoders.encode_texts(["warm up"])
+    encoders.encode_image_arrays(np.full((1, 32, 32, 3), 128, dtype=np.uint8))
+    logger.info("warmed up the encoders in %.2fs", time.perf_counter() - start)
+
+
 @dataclass
 class ServiceState:
     """Per-app state, kept on `app.state.vsepp` and reached through service.deps."""
@@ -109,8 +119,14 @@ class ServiceState:
 
     async def load(self, encoders: Encoders | None, index: LoadedIndex | None) -> None:
         """Load what is missing in a worker thread; on failure keep the reason for /health."""
+        def load_and_warm() -> tuple[Encoders, LoadedIndex]:
+            loaded = load_objects(self.settings, encoders, index)
+            if encoders is None:  # handed-in encoders are the caller's business
+                warm_up(loaded[0])
+            return loaded
+
         try:
-            loaded = await anyio.to_thread.run_sync(load_objects, self.settings, encoders, index)
+            loaded = await anyio.to_thread.run_sync(load_and_warm)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

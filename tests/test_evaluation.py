@@ -319,6 +319,6 @@ def test_format_metrics_layout() -> None:
     assert values == [round(i2t[k], 1) for k in ("r1", "r5", "r10", "medr", "meanr")]
     assert f"rsum: {metrics['rsum']:.1f}" in text
     single = format_metrics(evaluate(images, captions))
-    assert single.splitlines()[0] == "Test set (10 images, 50 captions)"
+    assert single.splitlines()[0] == "Split (10 images, 50 captions)"
     assert "Text to image" in single
     assert not math.isnan(metrics["rsum"])

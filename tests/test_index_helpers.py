@@ -5,19 +5,36 @@ Named `test_index_*` so it sits with the index tests; it holds no tests itself.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from index.collection import build_index_dir
 from index.store import MANIFEST, NewCaption, NewImage
 
 DIM = 16
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """Run FAISS on `n` OpenMP threads inside the block.
+
+    The tests use 1: on tiny indexes threads only add OpenMP overhead (a lot of it on a
+    busy machine), and an HNSW graph is reproducible only when built on one thread.
+    """
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def unit_vectors(n: int, d: int = DIM, seed: int = 0) -> np.ndarray:
@@ -52,7 +69,9 @@ def collection(
             file.parent.mkdir(parents=True, exist_ok=True)
             file.write_bytes(f"image {image_id}".encode())
         records.append(NewImage(image_id, file))
-    caps = [NewCaption(r.image_id, f"caption {j} of {r.image_id}") for r in records for j in range(5)]
+    caps = [
+        NewCaption(r.image_id, f"caption {j} of {r.image_id}") for r in records for j in range(5)
+    ]
     return images, records, captions.astype(np.float32), caps
 
 

@@ -52,7 +52,9 @@ def tiny_cnn(image_size: int, width: int = 32) -> keras.Model:
         x = keras.layers.Conv2D(width * mult, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         # Keras' default momentum (0.99) leaves the running statistics stale after a few
         # minutes of training from scratch and wrecks evaluation; PyTorch's default is 0.9.
-        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
+        # synchronized: under MirroredStrategy the statistics are those of the global batch,
+        # so several replicas train exactly as one device would.
+        x = keras.layers.BatchNormalization(momentum=0.9, synchronized=True, name=f"bn{i}")(x)
         x = keras.layers.ReLU(name=f"relu{i}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)

@@ -13,16 +13,30 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     """Where the dataset is and how it is read (the seed's flags)."""
     g = p.add_argument_group("data")
     g.add_argument("--images_path", required=True, help="folder of the images")
-    g.add_argument("--texts_path", required=True,
-                   help="caption file: Flickr token file or Karpathy dataset_*.json")
-    g.add_argument("--dataset", choices=DATASETS, default="auto",
-                   help="dataset layout (auto: .json is Karpathy, else a Flickr token file)")
-    g.add_argument("--skip_incomplete", action="store_true",
-                   help="skip (and count) images with too few captions or missing on disk, "
-                   "instead of stopping with an error")
+    g.add_argument(
+        "--texts_path",
+        required=True,
+        help="caption file: Flickr token file or Karpathy dataset_*.json",
+    )
+    g.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="auto",
+        help="dataset layout (auto: .json is Karpathy, else a Flickr token file)",
+    )
+    g.add_argument(
+        "--skip_incomplete",
+        action="store_true",
+        help="skip (and count) images with too few captions or missing on disk, "
+        "instead of stopping with an error",
+    )
     g.add_argument("--batch_size", type=int, default=128)
-    g.add_argument("--prefetch_size", type=int, default=None,
-                   help="tf.data prefetch buffer in batches (default: autotune)")
+    g.add_argument(
+        "--prefetch_size",
+        type=int,
+        default=None,
+        help="tf.data prefetch buffer in batches (default: autotune)",
+    )
     p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -31,21 +45,36 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--cnn", default="resnet152", help=f"image backbone: {', '.join(BACKBONES)}")
     g.add_argument("--crop_size", type=int, default=224, help="image crop fed to the backbone")
-    g.add_argument("--resize_size", type=int, default=256,
-                   help="shorter image side before cropping")
-    g.add_argument("--no_hflip", action="store_true",
-                   help="no random horizontal flips (for captions that say left and right)")
+    g.add_argument(
+        "--resize_size", type=int, default=256, help="shorter image side before cropping"
+    )
+    g.add_argument(
+        "--no_hflip",
+        action="store_true",
+        help="no random horizontal flips (for captions that say left and right)",
+    )
     g.add_argument("--joint_space", type=int, default=1024, help="joint embedding size")
     g.add_argument("--word_dim", type=int, default=300, help="word embedding size")
     g.add_argument("--num_layers", type=int, default=1, help="GRU layers")
-    g.add_argument("--bidirectional", action="store_true",
-                   help="bidirectional GRU, forward and backward states averaged")
-    g.add_argument("--no_imgnorm", action="store_true",
-                   help="VSE0 ablation: no L2 norm after the image projection")
-    g.add_argument("--measure", choices=("cosine", "order"), default="cosine",
-                   help="similarity: cosine, or order (order embeddings)")
-    g.add_argument("--use_abs", action="store_true",
-                   help="absolute value of the embeddings (Order0/Order++)")
+    g.add_argument(
+        "--bidirectional",
+        action="store_true",
+        help="bidirectional GRU, forward and backward states averaged",
+    )
+    g.add_argument(
+        "--no_imgnorm",
+        action="store_true",
+        help="VSE0 ablation: no L2 norm after the image projection",
+    )
+    g.add_argument(
+        "--measure",
+        choices=("cosine", "order"),
+        default="cosine",
+        help="similarity: cosine, or order (order embeddings)",
+    )
+    g.add_argument(
+        "--use_abs", action="store_true", help="absolute value of the embeddings (Order0/Order++)"
+    )
 
 
 def setup_logging(level: str) -> None:

@@ -326,5 +326,5 @@ def format_metrics(metrics: dict[str, Any]) -> str:
             *_format_block("Full set", metrics),
         ]
     else:
-        lines = _format_block("Test set", metrics)
+        lines = _format_block("Split", metrics)
     return "\n".join(lines)

@@ -97,7 +97,9 @@ def load_features(path: str | os.PathLike[str]) -> FeatureStore:
     return FeatureStore(root, meta)
 
 
-def extract(backbone: keras.Model, split: SplitData, cfg: ImageConfig, batch_size: int) -> np.ndarray:
+def extract(
+    backbone: keras.Model, split: SplitData, cfg: ImageConfig, batch_size: int
+) -> np.ndarray:
     """Backbone features [N, F] of a split's images, in order."""
     fn = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)
     out = []
@@ -122,9 +124,13 @@ def write_features(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         meta: dict[str, Any] = {
-            "format": FORMAT, "cnn": cnn, "cnn_weights": cnn_weights,
-            "image_size": cfg.image_size, "resize_size": cfg.resize_size,
-            "preprocess": cfg.preprocess, "splits": {},
+            "format": FORMAT,
+            "cnn": cnn,
+            "cnn_weights": cnn_weights,
+            "image_size": cfg.image_size,
+            "resize_size": cfg.resize_size,
+            "preprocess": cfg.preprocess,
+            "splits": {},
         }
         for name, split in splits.items():
             feats = extract(backbone, split, cfg, batch_size)
@@ -155,8 +161,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_data_args(p)
     for split in ("train", "val", "test"):
-        p.add_argument(f"--{split}_imgs_file_path", default=None,
-                       help=f"{split} split: a split file, or a split name for Karpathy JSON")
+        p.add_argument(
+            f"--{split}_imgs_file_path",
+            default=None,
+            help=f"{split} split: a split file, or a split name for Karpathy JSON",
+        )
     p.add_argument("--cnn", default="resnet152", help="backbone")
     p.add_argument("--cnn_weights", default="imagenet", help="imagenet, none or a weights file")
     p.add_argument("--crop_size", type=int, default=224)
@@ -176,14 +185,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not chosen:
         raise SystemExit("name at least one of --train/--val/--test_imgs_file_path")
     splits = {
-        s: load_split(args.images_path, args.texts_path, f, dataset=args.dataset,
-                      skip_incomplete=args.skip_incomplete)
+        s: load_split(
+            args.images_path,
+            args.texts_path,
+            f,
+            dataset=args.dataset,
+            skip_incomplete=args.skip_incomplete,
+        )
         for s, f in chosen.items()
     }
     backbone = build_backbone(args.cnn, args.cnn_weights, args.crop_size)
     cfg = ImageConfig(args.crop_size, args.resize_size, preprocess_for(args.cnn))
-    out = write_features(Path(args.out), backbone.model, splits, cfg, args.cnn,
-                         args.cnn_weights, args.batch_size)
+    out = write_features(
+        Path(args.out), backbone.model, splits, cfg, args.cnn, args.cnn_weights, args.batch_size
+    )
     print(f"wrote {', '.join(splits)} features ({backbone.feature_dim}-d) to {out}")
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -29,17 +28,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_data_args(p)
-    p.add_argument("--test_imgs_file_path", required=True,
-                   help="test split: a split file, or a split name for Karpathy JSON")
-    p.add_argument("--checkpoint_path", "--checkpointh_path", dest="checkpoint_path",
-                   required=True, help="model directory written by training.train "
-                   "(--checkpointh_path is the seed's spelling)")
-    p.add_argument("--joint_space", type=int, default=None,
-                   help="expected joint space; checked against the model's manifest")
-    p.add_argument("--num_layers", type=int, default=None,
-                   help="expected GRU layers; checked against the model's manifest")
-    p.add_argument("--fold5", action="store_true",
-                   help="COCO protocol: five 1K folds averaged, plus the full 5K")
+    p.add_argument(
+        "--test_imgs_file_path",
+        required=True,
+        help="test split: a split file, or a split name for Karpathy JSON",
+    )
+    p.add_argument(
+        "--checkpoint_path",
+        "--checkpointh_path",
+        dest="checkpoint_path",
+        required=True,
+        help="model directory written by training.train "
+        "(--checkpointh_path is the seed's spelling)",
+    )
+    p.add_argument(
+        "--joint_space",
+        type=int,
+        default=None,
+        help="expected joint space; checked against the model's manifest",
+    )
+    p.add_argument(
+        "--num_layers",
+        type=int,
+        default=None,
+        help="expected GRU layers; checked against the model's manifest",
+    )
+    p.add_argument(
+        "--fold5",
+        action="store_true",
+        help="COCO protocol: five 1K folds averaged, plus the full 5K",
+    )
     p.add_argument("--metrics_out", default=None, help="also write the metrics as JSON here")
     return p.parse_args(argv)
 
@@ -65,13 +83,13 @@ def embed_split(
     """Embeddings of a split's images [N, D] and captions [5N, D] with the exported encoders."""
     images = []
     paths = split.image_paths
-    for start in tqdm(range(0, len(paths), batch_size), desc="images", unit="batch",
-                      disable=None):
+    for start in tqdm(range(0, len(paths), batch_size), desc="images", unit="batch", disable=None):
         blobs = [Path(p).read_bytes() for p in paths[start : start + batch_size]]
         images.append(encoders.encode_image_bytes(blobs))
     captions = []
-    for start in tqdm(range(0, len(split.captions), batch_size), desc="captions",
-                      unit="batch", disable=None):
+    for start in tqdm(
+        range(0, len(split.captions), batch_size), desc="captions", unit="batch", disable=None
+    ):
         captions.append(encoders.encode_texts(split.captions[start : start + batch_size])[0])
     return np.concatenate(images), np.concatenate(captions)
 
@@ -81,20 +99,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     encoders = load_encoders(args.checkpoint_path)
     check_manifest(encoders, args.joint_space, args.num_layers)
-    split = load_split(args.images_path, args.texts_path, args.test_imgs_file_path,
-                       dataset=args.dataset, skip_incomplete=args.skip_incomplete)
+    split = load_split(
+        args.images_path,
+        args.texts_path,
+        args.test_imgs_file_path,
+        dataset=args.dataset,
+        skip_incomplete=args.skip_incomplete,
+    )
     t0 = time.perf_counter()
     images, captions = embed_split(encoders, split, args.batch_size)
     t1 = time.perf_counter()
-    metrics = evaluate(images, captions, measure=encoders.manifest.get("measure", "cosine"),
-                       fold5=args.fold5)
+    metrics = evaluate(
+        images, captions, measure=encoders.manifest.get("measure", "cosine"), fold5=args.fold5
+    )
     log.info("embedded in %.1fs, evaluated in %.2fs", t1 - t0, time.perf_counter() - t1)
     print(f"{split.describe()}\nmodel: {args.checkpoint_path}\n{format_metrics(metrics)}")
     if args.metrics_out:
-        write_json_atomic(Path(args.metrics_out), {
-            "model_dir": str(args.checkpoint_path), "model_hash": encoders.model_hash,
-            "split": split.name, "n_images": len(split.image_ids), **metrics,
-        })
+        write_json_atomic(
+            Path(args.metrics_out),
+            {
+                "model_dir": str(args.checkpoint_path),
+                "model_hash": encoders.model_hash,
+                "split": split.name,
+                "n_images": len(split.image_ids),
+                **metrics,
+            },
+        )
     return 0
 
 

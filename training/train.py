@@ -29,63 +29,122 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_data_args(p)
-    p.add_argument("--train_imgs_file_path", required=True,
-                   help="training split: a split file, or a split name for Karpathy JSON")
-    p.add_argument("--val_imgs_file_path", required=True,
-                   help="validation split: a split file, or a split name for Karpathy JSON")
-    p.add_argument("--save_model_path", required=True,
-                   help="model directory to write: exported encoders, manifest, checkpoints")
-    p.add_argument("--fold_restval", action="store_true",
-                   help="Karpathy JSON: train on restval too (the paper's COCO setting)")
+    p.add_argument(
+        "--train_imgs_file_path",
+        required=True,
+        help="training split: a split file, or a split name for Karpathy JSON",
+    )
+    p.add_argument(
+        "--val_imgs_file_path",
+        required=True,
+        help="validation split: a split file, or a split name for Karpathy JSON",
+    )
+    p.add_argument(
+        "--save_model_path",
+        required=True,
+        help="model directory to write: exported encoders, manifest, checkpoints",
+    )
+    p.add_argument(
+        "--fold_restval",
+        action="store_true",
+        help="Karpathy JSON: train on restval too (the paper's COCO setting)",
+    )
     add_model_args(p)
-    p.add_argument("--cnn_weights", default="imagenet",
-                   help="backbone weights: imagenet, none (random), or a weights file")
+    p.add_argument(
+        "--cnn_weights",
+        default="imagenet",
+        help="backbone weights: imagenet, none (random), or a weights file",
+    )
     p.add_argument("--finetune", action="store_true", help="train the backbone too")
-    p.add_argument("--finetune_after", type=int, default=-1,
-                   help="start fine-tuning the backbone at this epoch (-1: see --finetune)")
-    p.add_argument("--precomp_features", default=None,
-                   help="directory of precomputed backbone features (python -m training.features)")
-    p.add_argument("--word_vectors", default=None,
-                   help="GloVe-format text file to initialise word embeddings")
-    p.add_argument("--vocab_min_count", type=int, default=4,
-                   help="keep training words seen at least this often")
+    p.add_argument(
+        "--finetune_after",
+        type=int,
+        default=-1,
+        help="start fine-tuning the backbone at this epoch (-1: see --finetune)",
+    )
+    p.add_argument(
+        "--precomp_features",
+        default=None,
+        help="directory of precomputed backbone features (python -m training.features)",
+    )
+    p.add_argument(
+        "--word_vectors", default=None, help="GloVe-format text file to initialise word embeddings"
+    )
+    p.add_argument(
+        "--vocab_min_count",
+        type=int,
+        default=4,
+        help="keep training words seen at least this often",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30)
     g.add_argument("--learning_rate", type=float, default=2e-4)
-    g.add_argument("--lr_update", "--decay_rate", type=int, default=15, dest="lr_update",
-                   help="multiply the learning rate by 0.1 every this many epochs")
-    g.add_argument("--grad_clip", "--clip_val", type=float, default=2.0, dest="grad_clip",
-                   help="clip gradients to this global norm (0: off)")
+    g.add_argument(
+        "--lr_update",
+        "--decay_rate",
+        type=int,
+        default=15,
+        dest="lr_update",
+        help="multiply the learning rate by 0.1 every this many epochs",
+    )
+    g.add_argument(
+        "--grad_clip",
+        "--clip_val",
+        type=float,
+        default=2.0,
+        dest="grad_clip",
+        help="clip gradients to this global norm (0: off)",
+    )
     g.add_argument("--weight_decay", type=float, default=0.0, help="Adam's decoupled decay")
     g.add_argument("--margin", type=float, default=0.2, help="hinge margin of the loss")
-    g.add_argument("--max_violation", action=argparse.BooleanOptionalAction, default=True,
-                   help="VSE++ hardest negatives (--no-max_violation: VSE0, sum of violations)")
-    g.add_argument("--max_violation_after", type=int, default=0,
-                   help="epochs of sum-of-violations warm-up before max violation")
+    g.add_argument(
+        "--max_violation",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="VSE++ hardest negatives (--no-max_violation: VSE0, sum of violations)",
+    )
+    g.add_argument(
+        "--max_violation_after",
+        type=int,
+        default=0,
+        help="epochs of sum-of-violations warm-up before max violation",
+    )
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("bookkeeping and scale")
     g.add_argument("--val_step", type=int, default=0, help="also validate every N steps")
-    g.add_argument("--checkpoint_every", type=int, default=200,
-                   help="steps between resumable checkpoints")
+    g.add_argument(
+        "--checkpoint_every", type=int, default=200, help="steps between resumable checkpoints"
+    )
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     g.add_argument("--cache", action="store_true", help="cache decoded images in memory")
-    g.add_argument("--bucket_by_length", action="store_true",
-                   help="batch captions of similar length together (faster GRU)")
-    g.add_argument("--strategy", choices=("default", "mirrored", "multiworker"),
-                   default="default", help="tf.distribute strategy")
+    g.add_argument(
+        "--bucket_by_length",
+        action="store_true",
+        help="batch captions of similar length together (faster GRU)",
+    )
+    g.add_argument(
+        "--strategy",
+        choices=("default", "mirrored", "multiworker"),
+        default="default",
+        help="tf.distribute strategy",
+    )
     g.add_argument("--mixed_precision", choices=("off", "bfloat16", "float16"), default="off")
     g.add_argument("--jit_compile", action="store_true", help="XLA-compile the training step")
-    g.add_argument("--collapse_patience", type=int, default=200,
-                   help="steps at the collapse loss before training stops and says so")
+    g.add_argument(
+        "--collapse_patience",
+        type=int,
+        default=200,
+        help="steps at the collapse loss before training stops and says so",
+    )
     args = p.parse_args(argv)
     if args.cnn not in BACKBONES:
         p.error(f"--cnn must be one of {', '.join(BACKBONES)}")
     return args
 
 
-def configs(args: argparse.Namespace, vocab_size: int, precomp_dim: int) -> tuple[
-    ModelConfig, TrainConfig, ImageConfig
-]:
+def configs(
+    args: argparse.Namespace, vocab_size: int, precomp_dim: int
+) -> tuple[ModelConfig, TrainConfig, ImageConfig]:
     """The run's configuration objects from the command line."""
     model_cfg = ModelConfig(
         cnn=args.cnn,
@@ -138,8 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
     common = dict(dataset=args.dataset, skip_incomplete=args.skip_incomplete)
-    train = load_split(args.images_path, args.texts_path, args.train_imgs_file_path,
-                       fold_restval=args.fold_restval, **common)
+    train = load_split(
+        args.images_path,
+        args.texts_path,
+        args.train_imgs_file_path,
+        fold_restval=args.fold_restval,
+        **common,
+    )
     val = load_split(args.images_path, args.texts_path, args.val_imgs_file_path, **common)
     vocab_path = Path(args.save_model_path) / "vocab.json"
     if args.resume and vocab_path.is_file():
@@ -147,8 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         vocab = Vocabulary.build(train.captions, min_count=args.vocab_min_count)
         vocab.save(vocab_path)
-    log.info("vocabulary: %d words (min count %d, training captions only)", len(vocab),
-             vocab.min_count)
+    log.info(
+        "vocabulary: %d words (min count %d, training captions only)", len(vocab), vocab.min_count
+    )
     train_feats = val_feats = backbone = None
     if args.precomp_features:
         store = load_features(args.precomp_features)
@@ -163,13 +228,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_word_vectors(args.word_vectors, vocab, args.word_dim) if args.word_vectors else None
     )
     data = TrainData(
-        train=train, val=val, vocab=vocab, image_cfg=image_cfg,
-        train_features=train_feats, val_features=val_feats, backbone=backbone,
+        train=train,
+        val=val,
+        vocab=vocab,
+        image_cfg=image_cfg,
+        train_features=train_feats,
+        val_features=val_feats,
+        backbone=backbone,
         word_vectors=word_vectors,
         source={
-            "dataset": args.dataset, "images_path": str(args.images_path),
-            "texts_path": str(args.texts_path), "train": train.describe(),
-            "val": val.describe(), "precomp_features": args.precomp_features,
+            "dataset": args.dataset,
+            "images_path": str(args.images_path),
+            "texts_path": str(args.texts_path),
+            "train": train.describe(),
+            "val": val.describe(),
+            "precomp_features": args.precomp_features,
         },
     )
     best = Trainer(model_cfg, train_cfg, data, args.save_model_path).fit(resume=args.resume)

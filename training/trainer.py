@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ from training.pipeline import (
     steps_per_epoch,
     train_dataset,
 )
-from training.text import Vocabulary
+from training.text import Vocabulary, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -380,11 +381,13 @@ class Trainer:
             {
                 "epoch": epoch + 1,
                 "step": gstep,
+                "lr": float(self.optimizer.learning_rate.numpy()),
                 "rsum": metrics["rsum"],
                 "i2t_r1": metrics["i2t"]["r1"],
                 "t2i_r1": metrics["t2i"]["r1"],
             }
         )
+        write_json_atomic(self.model_dir / "train_state" / "history.json", self.history)
         with writer.as_default(step=gstep):
             tf.summary.scalar("val/rsum", metrics["rsum"])
             for way in ("i2t", "t2i"):
@@ -402,6 +405,9 @@ class Trainer:
         if latest is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.model_dir / 'train_state'}")
         self.checkpoint.restore(latest).assert_existing_objects_matched()
+        history = self.model_dir / "train_state" / "history.json"
+        if history.is_file():
+            self.history = json.loads(history.read_text(encoding="utf-8"))
         log.info(
             "resumed from %s: epoch %d, step %d in epoch, best rsum %.2f",
             latest,

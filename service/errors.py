@@ -1,0 +1,67 @@
+"""Exception handlers: every error answer is JSON with a `detail`, safe to encode.
+
+Validation errors echo the client's input back; a JSON string may hold a lone surrogate
+("\\ud800") that cannot be written as UTF-8, so answers are scrubbed before rendering
+rather than failing with a 500 while reporting a 422.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+MAX_ECHO_CHARS = 500  # echoed client input beyond this is cut
+
+
+def scrub(value: Any) -> Any:
+    """`value` with strings made encodable (bad code points -> U+FFFD) and long ones cut."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            text = value
+        except UnicodeEncodeError:
+            text = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(v) for v in value]
+    return value
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    """422 with FastAPI's list of errors (field, message, input), scrubbed."""
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse({"detail": scrub(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Any HTTPException as {"detail": ...} (no body where HTTP allows none)."""
+    assert isinstance(exc, StarletteHTTPException)
+    headers = getattr(exc, "headers", None)
+    if exc.status_code < 200 or exc.status_code in (204, 205, 304):
+        return Response(status_code=exc.status_code, headers=headers)
+    return JSONResponse(
+        {"detail": scrub(exc.detail)}, status_code=exc.status_code, headers=headers
+    )
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback, answered 500 without internals."""
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -1,0 +1,231 @@
+"""The programs index.build / add / query / evaluate, driven through main(argv).
+
+The model is replaced by `FakeEncoders` (the real one is covered by the end-to-end tests);
+the dataset reader and the evaluation protocol are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index import add, build, evaluate, query
+from index.build import build_from_split
+from index.embed import EncoderOutputError, embed_images
+from index.store import ModelMismatchError, load_index
+from tests.test_index_helpers import DIM, FakeEncoders, faiss_threads, leftovers
+
+
+@pytest.fixture(autouse=True)
+def _one_faiss_thread() -> Iterator[None]:
+    with faiss_threads(1):
+        yield
+
+
+def _flickr(root: Path, n: int, bad: dict[int, bytes] | None = None) -> dict[str, Path]:
+    """A tiny Flickr8k seed layout: n images, 5 captions each, one test split."""
+    images = root / "Flicker8k_Dataset"
+    images.mkdir(parents=True)
+    tokens, names = [], []
+    for i in range(n):
+        name = f"{1000 + i}_abc.jpg"
+        (images / name).write_bytes((bad or {}).get(i, f"image {name}".encode()))
+        names.append(name)
+        tokens += [f"{name}#{j}\tcaption {j} shows {name} here" for j in range(5)]
+    (root / "Flickr8k.token.txt").write_text("\n".join(tokens) + "\n")
+    (root / "Flickr_8k.testImages.txt").write_text("\n".join(names) + "\n")
+    return {
+        "images": images,
+        "texts": root / "Flickr8k.token.txt",
+        "split": root / "Flickr_8k.testImages.txt",
+    }
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeEncoders:
+    encoders = FakeEncoders()
+    for module in (build, add, query):
+        monkeypatch.setattr(module, "load_encoders", lambda model_dir: encoders)
+    return encoders
+
+
+def _build_args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "--model_dir", "unused", "--images_path", str(data["images"]),
+        "--texts_path", str(data["texts"]), "--imgs_file_path", str(data["split"]),
+        "--out", str(out), "--batch_size", "4", *extra,
+    ]  # fmt: skip
+
+
+def test_build_skips_bad_images_and_evaluates(tmp_path: Path, fake: FakeEncoders) -> None:
+    data = _flickr(tmp_path / "data", 12, bad={3: b"BAD jpeg", 7: b""})
+    out = tmp_path / "indexes" / "test"
+    assert build.main(_build_args(data, out)) == 0
+    loaded = load_index(out, expected_model_hash="fake-model")
+    assert len(loaded.image_ids) == 10 and len(loaded.captions) == 50
+    skipped = {s["image_id"]: s["reason"] for s in loaded.manifest["skipped_images"]}
+    assert set(skipped) == {"1003_abc.jpg", "1007_abc.jpg"}
+    assert skipped["1007_abc.jpg"] == "empty file"
+    assert "not a decodable image" in skipped["1003_abc.jpg"]
+    assert loaded.manifest["source"]["split"] and loaded.manifest["images"]["index_type"] == "flat"
+    assert loaded.image_file("1000_abc.jpg") is not None
+    assert loaded.image_file("1003_abc.jpg") is None
+    # The batch with the bad image is retried one by one; the empty file is never sent.
+    assert fake.image_calls == [4, 1, 1, 1, 1, 3, 4]
+
+    metrics = tmp_path / "metrics.json"
+    assert evaluate.main(["--index", str(out), "--metrics_out", str(metrics)]) == 0
+    result = json.loads(metrics.read_text())
+    assert result["exact"]["n_images"] == 10 and not result["approximate"]
+    # Flat index: its own top-10 gives exactly the protocol's recalls.
+    for d in ("i2t", "t2i"):
+        for key in ("r1", "r5", "r10"):
+            assert result["from_index"][d][key] == pytest.approx(result["exact"][d][key])
+            assert result["delta"][d][key] == 0
+    assert result["exact"]["t2i"]["r1"] > 50  # the fake captions sit near their images
+
+
+def test_build_with_hnsw_reports_delta(tmp_path: Path, fake: FakeEncoders) -> None:
+    data = _flickr(tmp_path / "data", 30)
+    out = tmp_path / "idx"
+    args = _build_args(data, out, "--index_type", "hnsw", "--param", "M=4", "--param", "efSearch=4")
+    assert build.main([*args, "--no-copy_images", "--recall_queries", "50"]) == 0
+    loaded = load_index(out)
+    assert loaded.manifest["images"]["params"]["efSearch"] == 4
+    assert loaded.image_file("1000_abc.jpg") is None and not any((out / "images").iterdir())
+    result = evaluate.evaluate_index(load_index(out, mmap=False))
+    assert result["approximate"]
+    assert result["exact_top10"]["t2i"]["r1"] == pytest.approx(result["exact"]["t2i"]["r1"])
+    assert result["delta"]["rsum"] <= 0
+
+
+def test_query_text_and_image(
+    tmp_path: Path, fake: FakeEncoders, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _flickr(tmp_path / "data", 8)
+    build.main(_build_args(data, tmp_path / "idx"))
+    capsys.readouterr()
+    base = ["--model_dir", "unused", "--index", str(tmp_path / "idx"), "--json", "-k", "3"]
+    assert query.main([*base, "--text", "a photo of 1002_abc.jpg"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["rank"] for r in results] == [1, 2, 3]
+    assert results[0]["image_id"] == "1002_abc.jpg" and len(results[0]["captions"]) == 5
+    assert query.main([*base, "--image", str(data["images"] / "1005_abc.jpg")]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert results[0]["image_id"] == "1005_abc.jpg" and "#" in results[0]["caption_id"]
+    assert results[0]["score"] >= results[-1]["score"]
+
+
+def test_query_refuses_another_model(tmp_path: Path, fake: FakeEncoders) -> None:
+    data = _flickr(tmp_path / "data", 6)
+    build.main(_build_args(data, tmp_path / "idx"))
+    fake.model_hash = "other-model"
+    with pytest.raises(ModelMismatchError, match=r"fake-model.*other-model"):
+        query.main(["--model_dir", "x", "--index", str(tmp_path / "idx"), "--text", "dog"])
+    fake.model_hash, fake.embed_dim = "fake-model", DIM * 2
+    with pytest.raises(ValueError, match=r"embed_dim is 32, index .* has dim 16"):
+        query.main(["--model_dir", "x", "--index", str(tmp_path / "idx"), "--text", "dog"])
+
+
+def test_add_items_and_refusals(tmp_path: Path, fake: FakeEncoders) -> None:
+    data = _flickr(tmp_path / "data", 6)
+    build.main(_build_args(data, tmp_path / "idx"))
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "cat.jpg").write_bytes(b"image cat.jpg")
+    items = [
+        {"file": "cat.jpg", "captions": [f"cat.jpg caption {j}" for j in range(5)]},
+        {"file": str(data["images"] / "1001_abc.jpg"), "captions": ["again"]},  # indexed
+    ]
+    (new / "items.json").write_text(json.dumps(items))
+    argv = [
+        "--model_dir",
+        "x",
+        "--index",
+        str(tmp_path / "idx"),
+        "--items",
+        str(new / "items.json"),
+    ]
+    assert add.main(argv) == 0
+    loaded = load_index(tmp_path / "idx")
+    assert loaded.image_ids[-1] == "cat.jpg" and len(loaded.captions) == 35
+    assert loaded.image_file("cat.jpg") is not None
+    fake.model_hash = "other-model"
+    with pytest.raises(ModelMismatchError, match=r"fake-model.*other-model"):
+        add.main(argv)
+    assert leftovers(tmp_path) == []
+
+
+def test_add_a_split(tmp_path: Path, fake: FakeEncoders) -> None:
+    first = _flickr(tmp_path / "a", 5)
+    build.main(_build_args(first, tmp_path / "idx"))
+    second = _flickr(tmp_path / "b", 8)  # the same five images and three more
+    argv = [
+        "--model_dir", "x", "--index", str(tmp_path / "idx"), "--images_path",
+        str(second["images"]), "--texts_path", str(second["texts"]), "--imgs_file_path",
+        str(second["split"]),
+    ]  # fmt: skip
+    assert add.main(argv) == 0
+    loaded = load_index(tmp_path / "idx")
+    assert len(loaded.image_ids) == 8 and len(loaded.captions) == 40
+    result = evaluate.evaluate_index(loaded)
+    assert result["exact"]["n_images"] == 8
+
+
+@dataclass
+class _Split:
+    name: str
+    image_ids: list[str]
+    image_paths: list[Path]
+    captions: list[str]
+    captions_per_image: int = 5
+
+
+def test_empty_split_and_nothing_embeddable(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"split 'test' has no images"):
+        build_from_split(_Split("test", [], [], []), FakeEncoders(), tmp_path / "idx")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"BAD")
+    with pytest.raises(ValueError, match=r"none of its 1 images could be embedded"):
+        build_from_split(
+            _Split("test", ["bad.jpg"], [bad], ["x"] * 5), FakeEncoders(), tmp_path / "idx"
+        )
+    assert not (tmp_path / "idx").exists()
+
+
+def test_model_output_of_the_wrong_size_is_an_error(tmp_path: Path) -> None:
+    img = tmp_path / "a.jpg"
+    img.write_bytes(b"image a.jpg")
+    with pytest.raises(EncoderOutputError, match=r"shape \(1, 8\).*expected \(1, 16\)"):
+        embed_images(FakeEncoders(out_dim=8), ["a.jpg"], [img])
+
+
+def test_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["--model_dir", "m", "--images_path", "i", "--texts_path", "t", "--out", "o"]
+    with pytest.raises(SystemExit):
+        build.parse_args([*base, "--split", "test", "--index_type", "annoy"])
+    with pytest.raises(SystemExit):
+        build.parse_args([*base, "--split", "test", "--param", "nope=3"])
+    with pytest.raises(SystemExit):
+        build.parse_args([*base, "--split", "test", "--imgs_file_path", "x"])
+    args = build.parse_args([*base, "--test_imgs_file_path", "x", "--param", "efSearch=64"])
+    assert args.param == [("efSearch", 64)] and args.copy_images
+    with pytest.raises(SystemExit):
+        add.parse_args(["--model_dir", "m", "--index", "i"])
+    with pytest.raises(SystemExit):
+        query.parse_args(["--model_dir", "m", "--index", "i", "--text", "  "])
+    assert "--text is empty" in capsys.readouterr().err
+
+
+def test_vectors_match_between_programs(tmp_path: Path, fake: FakeEncoders) -> None:
+    """The index holds exactly what the model gave for the files and captions."""
+    data = _flickr(tmp_path / "data", 4)
+    build.main(_build_args(data, tmp_path / "idx"))
+    loaded = load_index(tmp_path / "idx")
+    want = fake.encode_image_bytes([(data["images"] / "1002_abc.jpg").read_bytes()])
+    np.testing.assert_allclose(loaded.vectors("images")[2], want[0], atol=1e-6)

@@ -1,0 +1,238 @@
+"""Training end to end on the demo set: CLI, export round trip, resume, distribution, traps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_TRAIN_FLAGS, demo_flags, train_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def test_train_writes_a_model_directory(demo_model_dir: Path, demo_data_dir: Path) -> None:
+    from index.encoders import load_encoders
+    from training.datasets import load_split
+    from training.text import Vocabulary
+
+    manifest = json.loads((demo_model_dir / "manifest.json").read_text())
+    assert manifest["format"] == "vsepp-model/1"
+    assert manifest["embed_dim"] == 64 and manifest["cnn"] == "tiny"
+    assert manifest["metrics"]["val"]["rsum"] > 0
+    assert [h["epoch"] for h in manifest["history"]] == [1, 2][: len(manifest["history"])]
+    # The vocabulary comes from the training split only.
+    train = load_split(
+        demo_data_dir / "Flicker8k_Dataset",
+        demo_data_dir / "Flickr8k.token.txt",
+        demo_data_dir / "Flickr_8k.trainImages.txt",
+    )
+    exported = Vocabulary.load(demo_model_dir / manifest["export"] / "vocab.json")
+    assert exported.tokens == Vocabulary.build(train.captions).tokens
+    enc = load_encoders(demo_model_dir)
+    vecs, known = enc.encode_texts(["a big red circle", "zzz qqq"])
+    assert vecs.shape == (2, 64) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-5)
+    assert known.tolist()[1] == 0 and known.tolist()[0] >= 3
+
+
+def test_inference_cli_prints_and_writes_metrics(
+    demo_model_dir: Path, demo_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.inference import main
+
+    out = tmp_path / "metrics.json"
+    argv = [
+        *demo_flags(demo_data_dir),
+        "--test_imgs_file_path", str(demo_data_dir / "Flickr_8k.testImages.txt"),
+        "--checkpointh_path", str(demo_model_dir),  # the seed's spelling
+        "--joint_space", "64", "--num_layers", "1", "--batch_size", "16",
+        "--metrics_out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Image to text" in printed and "Text to image" in printed and "rsum" in printed
+    metrics = json.loads(out.read_text())
+    assert metrics["n_images"] == 40
+    for way in ("i2t", "t2i"):
+        assert set(metrics[way]) >= {"r1", "r5", "r10", "medr", "meanr"}
+    assert metrics["rsum"] == pytest.approx(
+        sum(metrics[w][k] for w in ("i2t", "t2i") for k in ("r1", "r5", "r10"))
+    )
+    with pytest.raises(SystemExit, match="--joint_space 1024"):
+        main([*argv[:-2], "--joint_space", "1024"])
+
+
+def test_exported_encoders_equal_the_training_models(demo_data_dir: Path, tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from index.encoders import load_encoders
+    from training.config import ModelConfig
+    from training.datasets import load_split
+    from training.export import export_model
+    from training.images import ImageConfig
+    from training.model import VSEModel
+    from training.pipeline import caption_eval_dataset, image_eval_dataset
+    from training.text import Vocabulary
+
+    split = load_split(
+        demo_data_dir / "Flicker8k_Dataset",
+        demo_data_dir / "Flickr8k.token.txt",
+        demo_data_dir / "Flickr_8k.testImages.txt",
+    )
+    vocab = Vocabulary.build(split.captions, min_count=1)
+    cfg = ModelConfig(cnn="tiny", cnn_weights="none", image_size=48, resize_size=56,
+                      joint_space=32, word_dim=16, vocab_size=len(vocab))  # fmt: skip
+    image_cfg = ImageConfig(48, 56, "unit")
+    model = VSEModel.build(cfg)
+    export_model(tmp_path / "m", model.image_encoder, model.text_encoder, vocab, cfg, image_cfg)
+    enc = load_encoders(tmp_path / "m")
+
+    want_img = np.concatenate(
+        [model.image_encoder(b["image"], training=False) for b in
+         image_eval_dataset(split, image_cfg, 16)]
+    )  # fmt: skip
+    got_img = enc.encode_image_bytes([p.read_bytes() for p in split.image_paths])
+    np.testing.assert_allclose(got_img, want_img, atol=1e-5)
+    arrays = np.stack([tf.io.decode_jpeg(p.read_bytes()).numpy() for p in split.image_paths[:4]])
+    np.testing.assert_allclose(enc.encode_image_arrays(arrays), want_img[:4], atol=1e-5)
+
+    want_txt = np.concatenate(
+        [model.text_encoder(b["tokens"], training=False) for b in
+         caption_eval_dataset(split, vocab, 64)]
+    )  # fmt: skip
+    got_txt, _ = enc.encode_texts(split.captions)
+    np.testing.assert_allclose(got_txt, want_txt, atol=1e-5)
+
+
+def test_text_encoder_reads_captions_only_up_to_their_length() -> None:
+    from training.config import ModelConfig
+    from training.model import build_text_encoder
+
+    enc = build_text_encoder(ModelConfig(joint_space=8, word_dim=4, vocab_size=10, num_layers=2))
+    short = np.array([[2, 5, 6, 3]], np.int32)
+    padded = np.array([[2, 5, 6, 3, 0, 0, 0]], np.int32)
+    np.testing.assert_allclose(enc(short).numpy(), enc(padded).numpy(), atol=1e-6)
+    bi = build_text_encoder(ModelConfig(joint_space=8, word_dim=4, vocab_size=10,
+                                        bidirectional=True))  # fmt: skip
+    np.testing.assert_allclose(bi(short).numpy(), bi(padded).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["precomp", "images"])
+def test_two_logical_devices_step_equals_one_device_step(mode: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_mirrored_step.py"), mode],
+        capture_output=True, text=True, env=_env(), timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["min_weight_change"] > 1e-4
+    assert out["loss0_two"] == pytest.approx(out["loss0_one"], rel=1e-5)
+    assert out["loss1_two"] == pytest.approx(out["loss1_one"], rel=1e-5)
+    assert out["max_weight_diff"] < 1e-4
+
+
+def test_collapse_is_detected_and_named(tmp_path: Path) -> None:
+    from training.config import ModelConfig, TrainConfig
+    from training.datasets import SplitData
+    from training.images import ImageConfig
+    from training.text import Vocabulary
+    from training.trainer import TrainData, Trainer, TrainingCollapsedError
+
+    # Identical images and identical captions: every embedding is the same point.
+    split = SplitData("train", [f"{i}.jpg" for i in range(20)],
+                      [tmp_path / f"{i}.jpg" for i in range(20)], ["a red ball"] * 100)  # fmt: skip
+    vocab = Vocabulary.build(split.captions, min_count=1)
+    feats = np.ones((20, 6), np.float32)
+    mcfg = ModelConfig(joint_space=8, word_dim=4, vocab_size=len(vocab), precomp_dim=6)
+    tcfg = TrainConfig(epochs=1, batch_size=10, collapse_patience=3, checkpoint_every=0)
+    data = TrainData(split, split, vocab, ImageConfig(32, 32, "unit"), feats, feats)
+    with pytest.raises(TrainingCollapsedError, match="--max_violation_after"):
+        Trainer(mcfg, tcfg, data, tmp_path / "run").fit()
+
+
+def test_imagenet_weights_that_cannot_be_fetched_are_an_error() -> None:
+    from training.backbones import WeightsUnavailableError, build_backbone
+
+    if list((Path.home() / ".keras" / "models").glob("resnet50*")):
+        pytest.skip("ResNet50 ImageNet weights are cached on this machine")
+    with pytest.raises(WeightsUnavailableError, match="--cnn_weights"):
+        build_backbone("resnet50", "imagenet", 64)
+
+
+def test_help_documents_the_seed_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from training import inference, train
+
+    for module, flags in (
+        (train, ["--batch_size", "--prefetch_size", "--images_path", "--texts_path",
+                 "--train_imgs_file_path", "--val_imgs_file_path", "--save_model_path",
+                 "--joint_space", "--num_layers", "--decay_rate", "--clip_val"]),
+        (inference, ["--test_imgs_file_path", "--checkpoint_path", "--checkpointh_path",
+                     "--joint_space", "--num_layers", "--fold5", "--metrics_out"]),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            module.parse_args(["--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        for flag in flags:
+            assert flag in text, (module.__name__, flag)
+
+
+def _checkpoint_step(model_dir: Path) -> int:
+    state = model_dir / "train_state" / "checkpoint"
+    if not state.is_file():
+        return 0
+    line = state.read_text().splitlines()[0]
+    return int(line.rsplit("-", 1)[1].strip('"'))
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_loses_at_most_the_steps_since_the_checkpoint(
+    demo_data_dir: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "training.train", *train_flags(demo_data_dir),
+            *TINY_TRAIN_FLAGS, "--epochs", "2", "--checkpoint_every", "3",
+            "--max_violation_after", "1", "--lr_update", "1",
+            "--save_model_path", str(run)]  # fmt: skip
+    proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        # 1000 pairs / batch 50 = 20 steps an epoch: kill inside the first epoch.
+        while _checkpoint_step(run) < 6 and time.monotonic() < deadline:
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = _checkpoint_step(run)
+    assert 6 <= killed_at < 20, killed_at
+    assert not (run / "manifest.json").exists()  # no epoch finished, nothing exported
+
+    resumed = subprocess.run([*argv, "--resume"], cwd=ROOT, env=_env(), capture_output=True,
+                             text=True, timeout=600, check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming epoch 0 at step {killed_at}" in resumed.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    # Both epochs completed, and the global step count shows no step was run twice.
+    history = json.loads((run / "train_state" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert manifest["training"]["epoch"] in (1, 2)
+    # The learning rate drops x0.1 after --lr_update epochs.
+    assert [h["lr"] for h in history] == pytest.approx([1e-3, 1e-4])
+    assert _checkpoint_step(run) == 40
+    assert manifest["metrics"]["val"]["rsum"] > 0
