@@ -352,7 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{forward['image_forward_ms']} ms, text {forward['text_forward_ms']} ms, "
         f"32 texts {forward['text_forward_batch32_ms']} ms"
     )
-    for endpoint, key in (("/search/image", "image_forward_ms"), ("/search/text", "text_forward_ms")):
+    for endpoint, key in (
+        ("/search/image", "image_forward_ms"),
+        ("/search/text", "text_forward_ms"),
+    ):
         single = [r for r in results if r.endpoint == endpoint and r.concurrency == 1]
         if single and forward[key] > 0:
             ratio = single[0].p50_ms / forward[key]

@@ -49,9 +49,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     headers = getattr(exc, "headers", None)
     if exc.status_code < 200 or exc.status_code in (204, 205, 304):
         return Response(status_code=exc.status_code, headers=headers)
-    return JSONResponse(
-        {"detail": scrub(exc.detail)}, status_code=exc.status_code, headers=headers
-    )
+    return JSONResponse({"detail": scrub(exc.detail)}, status_code=exc.status_code, headers=headers)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-import service
 from service import errors
 from service.config import Settings
 from service.imaging import configure_pil
@@ -34,6 +34,13 @@ Cross-modal retrieval with VSE++ (Faghri et al., BMVC 2018): a sentence finds im
 an image finds captions. Scores are cosine similarities in the joint embedding space,
 best first.
 """
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("vsepp-search")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
 
 
 def create_app(
@@ -70,7 +77,7 @@ def create_app(
 
     app = FastAPI(
         title="VSE++ Search",
-        version=getattr(service, "__version__", "0.1.0"),
+        version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
     )

@@ -119,6 +119,7 @@ class ServiceState:
 
     async def load(self, encoders: Encoders | None, index: LoadedIndex | None) -> None:
         """Load what is missing in a worker thread; on failure keep the reason for /health."""
+
         def load_and_warm() -> tuple[Encoders, LoadedIndex]:
             loaded = load_objects(self.settings, encoders, index)
             if encoders is None:  # handed-in encoders are the caller's business

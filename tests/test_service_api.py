@@ -15,6 +15,7 @@ import socket
 import string
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -124,7 +125,7 @@ def test_health_is_503_until_loaded_then_200(
         return backend.encoders, backend.index
 
     monkeypatch.setattr(service.state, "load_objects", slow_load)
-    app = create_app(Settings(model_dir="/nowhere", index_dir="/nowhere"))
+    app = create_app(Settings(model_dir=Path("/nowhere"), index_dir=Path("/nowhere")))
     with TestClient(app) as client:
         loading = client.get("/health")
         assert loading.status_code == 503
@@ -478,9 +479,7 @@ def test_upload_wants_multipart(client: TestClient) -> None:
     response = client.post("/search/image", json={"file": "abc"})
     assert response.status_code == 415
     assert "multipart/form-data" in detail_text(response)
-    raw = client.post(
-        "/search/image", content=b"\x89PNG", headers={"content-type": "image/png"}
-    )
+    raw = client.post("/search/image", content=b"\x89PNG", headers={"content-type": "image/png"})
     assert raw.status_code == 415
 
 
@@ -599,6 +598,7 @@ def test_indexed_images_are_served_with_their_type(
     path = backend.index.image_file(image_id)
     assert response.content == path.read_bytes()
     with Image.open(path) as image:
+        assert image.format is not None
         expected = Image.MIME[image.format]
     assert response.headers["content-type"] == expected
     assert response.headers["x-content-type-options"] == "nosniff"
@@ -636,9 +636,7 @@ def test_anything_but_an_indexed_image_is_404(client: TestClient, path: str) -> 
 
 def test_image_to_captions_and_image_to_image(client: TestClient, backend: ServiceBackend) -> None:
     image_id = backend.index.image_ids[0]
-    captions = client.get(
-        "/search/image-to-captions", params={"image_id": image_id, "k": 5}
-    ).json()
+    captions = client.get("/search/image-to-captions", params={"image_id": image_id, "k": 5}).json()
     assert len(captions["results"]) == 5
     scores = [r["score"] for r in captions["results"]]
     assert scores == sorted(scores, reverse=True)
@@ -787,7 +785,9 @@ def test_metrics_count_requests_by_route_template(
         ("encode", "image"),
         ("search", "image"),
     ):
-        assert f'vsepp_stage_duration_seconds_count{{modality="{modality}",stage="{stage}"}}' in text
+        assert (
+            f'vsepp_stage_duration_seconds_count{{modality="{modality}",stage="{stage}"}}' in text
+        )
 
 
 def test_one_structured_log_line_per_request(
@@ -1152,6 +1152,6 @@ def test_blocking_load_is_ready_at_once(
         service.state, "load_objects", lambda *args: (backend.encoders, backend.index)
     )
     monkeypatch.setattr(service.state, "warm_up", lambda encoders: None)
-    app = create_app(Settings(model_dir="/m", index_dir="/i", load_in_background=False))
+    app = create_app(Settings(model_dir=Path("/m"), index_dir=Path("/i"), load_in_background=False))
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200

@@ -72,7 +72,7 @@ def test_a_failing_batch_fails_its_items_only() -> None:
     process = Recorder(fail_on=3)
     batcher = MicroBatcher(process, window_s=0.05, max_batch=64)
 
-    async def run() -> tuple[list[object], int]:
+    async def run() -> tuple[list[int | BaseException], int]:
         try:
             first = await asyncio.gather(
                 *(batcher.submit(i) for i in range(5)), return_exceptions=True

@@ -32,9 +32,7 @@ def test_host_and_port_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert (args.host, args.port, args.workers) == ("127.0.0.2", 9002, 3)
 
 
-@pytest.mark.parametrize(
-    "argv", [["--port", "70000"], ["--workers", "0"], ["--port", "x"]]
-)
+@pytest.mark.parametrize("argv", [["--port", "70000"], ["--workers", "0"], ["--port", "x"]])
 def test_bad_flags_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(argv)

@@ -114,7 +114,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(real_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    real_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     model_dir, index_dir = real_dirs
     port = free_port()
     log = tmp_path_factory.mktemp("e2e-log") / "server.log"
@@ -198,7 +200,11 @@ def test_both_searches_over_http(server: Server, real_dirs: tuple[Path, Path]) -
         unknown = http.get("/search/text", params={"q": "zzxqj vrrbk"}).json()
         assert unknown["no_known_words"] is True and unknown["results"] == []
 
-        for fmt, content_type in (("PNG", "image/png"), ("JPEG", "image/jpeg"), ("GIF", "image/gif")):
+        for fmt, content_type in (
+            ("PNG", "image/png"),
+            ("JPEG", "image/jpeg"),
+            ("GIF", "image/gif"),
+        ):
             upload = image_bytes(shape_image("blue", "circle", size=90), fmt)
             found = http.post(
                 "/search/image",

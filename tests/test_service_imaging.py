@@ -108,7 +108,7 @@ def test_gif_gives_its_first_frame() -> None:
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100)
     out = decode_image(buffer.getvalue(), max_pixels=MAX)
-    r, g, b = out[32, 32].astype(int)
+    r, _g, b = out[32, 32].astype(int)
     assert r > 150 and b < 100
 
 
@@ -132,7 +132,16 @@ def test_exif_orientation_is_applied() -> None:
         (image_bytes(shape_image("red", "square"), "ICO"), 415, "unsupported image format"),
         (image_bytes(shape_image("red", "square"), "PPM"), 415, "unsupported image format"),
     ],
-    ids=["empty", "text", "png-garbage", "jpeg-cut-in-header", "jpeg-cut-in-data", "truncated-png", "ico", "ppm"],
+    ids=[
+        "empty",
+        "text",
+        "png-garbage",
+        "jpeg-cut-in-header",
+        "jpeg-cut-in-data",
+        "truncated-png",
+        "ico",
+        "ppm",
+    ],
 )
 def test_bad_bytes_are_refused_with_a_reason(data: bytes, status: int, words: str) -> None:
     with pytest.raises(ImageRejected) as caught:
@@ -177,13 +186,16 @@ def test_pil_bomb_guard_is_turned_into_a_413(monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.mark.parametrize(
-    "content_type", ["image/png", "image/jpeg", "IMAGE/PNG; charset=x", "application/octet-stream", None, ""]
+    "content_type",
+    ["image/png", "image/jpeg", "IMAGE/PNG; charset=x", "application/octet-stream", None, ""],
 )
 def test_image_content_types_pass(content_type: str | None) -> None:
     check_content_type(content_type)
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/pdf", "image/svg+xml", "video/mp4"])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/pdf", "image/svg+xml", "video/mp4"]
+)
 def test_other_content_types_are_415(content_type: str) -> None:
     with pytest.raises(ImageRejected) as caught:
         check_content_type(content_type)

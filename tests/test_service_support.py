@@ -206,8 +206,11 @@ def write_stand_in_index(index_dir: Path, images_dir: Path, encoders: Any) -> Pa
     from index.store import CaptionRecord, ImageRecord, IndexPart, write_index_dir
 
     images_dir.mkdir(parents=True, exist_ok=True)
-    image_records, caption_records, files = [], [], {}
-    blobs, captions = [], []
+    image_records: list[ImageRecord] = []
+    caption_records: list[CaptionRecord] = []
+    files: dict[str, Path] = {}
+    blobs: list[bytes] = []
+    captions: list[str] = []
     for colour in COLOURS:
         for shape in SHAPES:
             image_id = f"shapes/{colour}_{shape}.png"

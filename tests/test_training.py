@@ -236,3 +236,74 @@ def test_resume_after_a_kill_loses_at_most_the_steps_since_the_checkpoint(
     assert [h["lr"] for h in history] == pytest.approx([1e-3, 1e-4])
     assert _checkpoint_step(run) == 40
     assert manifest["metrics"]["val"]["rsum"] > 0
+
+
+def test_precomputed_features_train_a_model_that_serves_from_images(
+    demo_data_dir: Path, tmp_path: Path
+) -> None:
+    import tensorflow as tf
+
+    from index.encoders import load_encoders
+    from training.config import ModelConfig
+    from training.datasets import load_split
+    from training.features import load_features
+    from training.features import main as features_main
+    from training.model import build_image_encoder
+    from training.train import main as train_main
+
+    feats, run = tmp_path / "features", tmp_path / "run"
+    test_file = str(demo_data_dir / "Flickr_8k.testImages.txt")
+    image_flags = ["--crop_size", "64", "--resize_size", "64", "--batch_size", "50"]
+    assert (
+        features_main(
+            [
+                *train_flags(demo_data_dir),
+                "--test_imgs_file_path",
+                test_file,
+                "--cnn",
+                "tiny",
+                "--cnn_weights",
+                "none",
+                *image_flags,
+                "--out",
+                str(feats),
+            ]  # fmt: skip
+        )
+        == 0
+    )
+    store = load_features(feats)
+    assert store.meta["feature_dim"] == 1024 and set(store.meta["splits"]) == {
+        "train", "val", "test"
+    }  # fmt: skip
+    assert (
+        train_main(
+            [
+                *train_flags(demo_data_dir),
+                "--precomp_features",
+                str(feats),
+                "--joint_space",
+                "32",
+                "--word_dim",
+                "16",
+                "--epochs",
+                "1",
+                "--learning_rate",
+                "1e-3",
+                "--no-max_violation",
+                *image_flags,
+                "--save_model_path",
+                str(run),
+            ]  # fmt: skip
+        )
+        == 0
+    )
+    # The exported image encoder runs the very backbone that made the features, then the
+    # trained projection: from image bytes it gives head(features).
+    test = load_split(demo_data_dir / "Flicker8k_Dataset", demo_data_dir / "Flickr8k.token.txt",
+                      test_file)  # fmt: skip
+    head = build_image_encoder(ModelConfig(joint_space=32, precomp_dim=1024))
+    latest = tf.train.latest_checkpoint(str(run / "train_state"))
+    tf.train.Checkpoint(image_encoder=head).restore(latest).expect_partial()
+    want = head(store.for_split(test)).numpy()
+    got = load_encoders(run).encode_image_bytes([p.read_bytes() for p in test.image_paths])
+    np.testing.assert_allclose(got, want, atol=1e-4)

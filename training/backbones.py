@@ -43,7 +43,7 @@ class WeightsUnavailableError(RuntimeError):
     """ImageNet weights were asked for but could not be fetched."""
 
 
-def tiny_cnn(image_size: int, width: int = 32) -> keras.Model:
+def tiny_cnn(image_size: int, width: int = 16) -> keras.Model:
     """A small from-scratch CNN for the demo set. Keeps a coarse spatial map (no global
     pooling) because the demo captions talk about left/right/above/below."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
