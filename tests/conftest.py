@@ -57,3 +57,18 @@ def demo_model_dir(demo_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
             "--max_violation_after", "1", "--save_model_path", str(out)]  # fmt: skip
     assert main(argv) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_index_dir(
+    demo_model_dir: Path, demo_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The demo test split indexed with the tiny model by `index.build`."""
+    from index.build import main
+
+    out = tmp_path_factory.mktemp("index") / "demo"
+    argv = [*demo_flags(demo_data_dir), "--model_dir", str(demo_model_dir),
+            "--imgs_file_path", str(demo_data_dir / "Flickr_8k.testImages.txt"),
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    return out

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-BACKEND = "stand_in"  # "demo": use the demo_model_dir / demo_index_dir fixtures
+BACKEND = "demo"  # "stand_in": the toy encoder below, for work on the service alone
 
 # --------------------------------------------------------------------------- stand-in model
 

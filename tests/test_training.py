@@ -254,49 +254,16 @@ def test_precomputed_features_train_a_model_that_serves_from_images(
     feats, run = tmp_path / "features", tmp_path / "run"
     test_file = str(demo_data_dir / "Flickr_8k.testImages.txt")
     image_flags = ["--crop_size", "64", "--resize_size", "64", "--batch_size", "50"]
-    assert (
-        features_main(
-            [
-                *train_flags(demo_data_dir),
-                "--test_imgs_file_path",
-                test_file,
-                "--cnn",
-                "tiny",
-                "--cnn_weights",
-                "none",
-                *image_flags,
-                "--out",
-                str(feats),
-            ]  # fmt: skip
-        )
-        == 0
-    )
+    extract = [*train_flags(demo_data_dir), "--test_imgs_file_path", test_file, "--cnn", "tiny",
+               "--cnn_weights", "none", *image_flags, "--out", str(feats)]  # fmt: skip
+    assert features_main(extract) == 0
     store = load_features(feats)
-    assert store.meta["feature_dim"] == 1024 and set(store.meta["splits"]) == {
-        "train", "val", "test"
-    }  # fmt: skip
-    assert (
-        train_main(
-            [
-                *train_flags(demo_data_dir),
-                "--precomp_features",
-                str(feats),
-                "--joint_space",
-                "32",
-                "--word_dim",
-                "16",
-                "--epochs",
-                "1",
-                "--learning_rate",
-                "1e-3",
-                "--no-max_violation",
-                *image_flags,
-                "--save_model_path",
-                str(run),
-            ]  # fmt: skip
-        )
-        == 0
-    )
+    assert store.meta["feature_dim"] == 1024
+    assert set(store.meta["splits"]) == {"train", "val", "test"}
+    train = [*train_flags(demo_data_dir), "--precomp_features", str(feats), "--joint_space", "32",
+             "--word_dim", "16", "--epochs", "1", "--learning_rate", "1e-3", "--no-max_violation",
+             *image_flags, "--save_model_path", str(run)]  # fmt: skip
+    assert train_main(train) == 0
     # The exported image encoder runs the very backbone that made the features, then the
     # trained projection: from image bytes it gives head(features).
     test = load_split(demo_data_dir / "Flicker8k_Dataset", demo_data_dir / "Flickr8k.token.txt",

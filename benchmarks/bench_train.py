@@ -1,0 +1,622 @@
+"""Training-step throughput (pairs/s) in precomputed-feature mode, against the original PyTorch.
+
+    .venv/bin/python benchmarks/bench_train.py --torch_python /tmp/torchvenv/bin/python
+    .venv/bin/python benchmarks/bench_train.py --quick          # seconds, small pool
+    .venv/bin/python benchmarks/bench_train.py --wait_load 1.5 --json_out train.json
+
+At the paper's sizes (4096-d features, joint space 1024, word 300, one GRU of 1024, batch 128,
+a Flickr-sized vocabulary of 8000) on seeded synthetic pairs whose captions hold 8-20 tokens
+(uniform, <start> and <end> included), it times:
+
+- our step: the real ``Trainer.train_step`` (max-violation loss, Adam, clipping at 2.0) on
+  batches drawn from the real ``train_dataset`` (and ``bucket_by_length=True`` for the
+  bucketed variants), in the variants plain, XLA (``jit_compile``), bucketed, bfloat16 (only
+  where the CPU has AVX512_BF16 or AMX) and their combinations;
+- the original: a minimal transcription of fartashf/vsepp's precomp training step in PyTorch,
+  run by ``--torch_python`` as a subprocess (``--torch-only``), before and after ours, so the
+  project never imports torch;
+- with ``--experimental``: our step with the GRU's input projection hoisted out of the time
+  loop (a monkeypatched ``keras.layers.GRU``, same weights), to measure a change before
+  anyone makes it in ``training/``.
+
+Batches are materialised first, so the input pipeline is not timed (the original's
+DataLoader is not either). Each variant runs one warm-up pass over its pool of batches
+(tracing and XLA compilation of every caption length happen there), then ``--repeats``
+timed passes; ms/step is the median over the passes. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("bench_train")
+
+CAPTION_MIN, CAPTION_MAX = 8, 20  # tokens per caption, <start> and <end> included
+CAPTIONS_PER_IMAGE = 5
+BASE_VARIANTS = (
+    "plain",
+    "xla",
+    "bucket",
+    "xla+bucket",
+    "bf16",
+    "bf16+xla",
+    "bf16+bucket",
+    "bf16+xla+bucket",
+)
+EXPERIMENTAL_VARIANTS = ("exp:hoisted", "exp:hoisted+xla+bucket", "exp:unrolled+xla+bucket")
+OPTIONS = frozenset({"xla", "bucket", "bf16"})
+EXPERIMENTAL_OPTIONS = frozenset({"hoisted", "unrolled"})  # GRU loops, see hoisted_gru_class
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The model and run sizes, the same for both implementations."""
+
+    precomp_dim: int = 4096  # image feature size (VGG19 fc7 in the paper's precomp sets)
+    joint_space: int = 1024  # joint embedding and GRU size
+    word_dim: int = 300  # word embedding size
+    vocab_size: int = 8000  # about Flickr30k's vocabulary at min count 4
+    batch_size: int = 128  # pairs per step
+    n_images: int = 1000  # synthetic images (5 captions each) the batches are drawn from
+    pool: int = 16  # distinct batches per pass
+    repeats: int = 5  # timed passes over the pool
+    threads: int = 2  # torch.set_num_threads (TF uses its default, all cores)
+    seed: int = 0
+
+
+# ---- data, shared by both sides (numpy only) -------------------------------------------------
+
+
+def synthetic_pairs(sizes: Sizes) -> tuple[np.ndarray, list[np.ndarray]]:
+    """L2-normalised features [N, F] and 5N captions of token ids framed by <start>/<end>."""
+    rng = np.random.default_rng(sizes.seed)
+    feats = rng.standard_normal((sizes.n_images, sizes.precomp_dim), dtype=np.float32)
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    n_caps = CAPTIONS_PER_IMAGE * sizes.n_images
+    lengths = rng.integers(CAPTION_MIN, CAPTION_MAX + 1, n_caps)
+    # Ids 0-3 are <pad>, <unk>, <start>, <end> in both vocabularies.
+    captions = [
+        np.concatenate(([2], rng.integers(4, sizes.vocab_size, n - 2), [3])).astype(np.int64)
+        for n in lengths
+    ]
+    return feats, captions
+
+
+def time_passes(step: Callable[[int], float], pool: int, repeats: int) -> dict[str, Any]:
+    """One warm-up pass over the pool, then `repeats` timed passes; ms/step per pass."""
+    t0 = time.perf_counter()
+    losses = [step(i) for i in range(pool)]
+    warmup_s = time.perf_counter() - t0
+    per_pass, cpu_per_pass = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i in range(pool):
+            step(i)
+        per_pass.append(1000.0 * (time.perf_counter() - t0) / pool)
+        cpu_per_pass.append(1000.0 * (time.process_time() - c0) / pool)
+    return {
+        "ms_per_step": statistics.median(per_pass),
+        "ms_per_pass_step": per_pass,
+        # CPU time of all the process's threads: a wall time far below cores x this means
+        # the machine was busy with something else.
+        "cpu_ms_per_step": statistics.median(cpu_per_pass),
+        "warmup_s": warmup_s,
+        "first_loss": losses[0],
+        "finite": bool(np.all(np.isfinite(losses))),
+    }
+
+
+# ---- the original, in PyTorch (runs in its own venv) -------------------------------------------
+
+
+def run_torch(sizes: Sizes) -> dict[str, Any]:
+    """Time fartashf/vsepp's precomp training step (model.py VSE.train_emb) in this process."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.set_num_threads(sizes.threads)
+    torch.manual_seed(sizes.seed)
+
+    # fartashf/vsepp model.py: l2norm, EncoderImagePrecomp, EncoderText, ContrastiveLoss and
+    # VSE.train_emb, minus logging and CUDA; clip_grad_norm is spelt clip_grad_norm_ today.
+    def l2norm(x: torch.Tensor) -> torch.Tensor:
+        return x / x.pow(2).sum(dim=1, keepdim=True).sqrt()
+
+    class EncoderImagePrecomp(nn.Module):
+        def __init__(self, img_dim: int, embed_size: int) -> None:
+            super().__init__()
+            self.fc = nn.Linear(img_dim, embed_size)
+            r = np.sqrt(6.0) / np.sqrt(img_dim + embed_size)  # init_weights: Xavier
+            self.fc.weight.data.uniform_(-r, r)
+            self.fc.bias.data.fill_(0)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return l2norm(self.fc(images))
+
+    class EncoderText(nn.Module):
+        def __init__(self, vocab_size: int, word_dim: int, embed_size: int) -> None:
+            super().__init__()
+            self.embed_size = embed_size
+            self.embed = nn.Embedding(vocab_size, word_dim)
+            self.rnn = nn.GRU(word_dim, embed_size, 1, batch_first=True)
+            self.embed.weight.data.uniform_(-0.1, 0.1)
+
+        def forward(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+            x = self.embed(x)
+            packed = pack_padded_sequence(x, lengths, batch_first=True)
+            out, _ = self.rnn(packed)
+            padded = pad_packed_sequence(out, batch_first=True)
+            index = torch.LongTensor(lengths).view(-1, 1, 1)
+            index = index.expand(x.size(0), 1, self.embed_size) - 1
+            return l2norm(torch.gather(padded[0], 1, index).squeeze(1))
+
+    def contrastive_loss(im: torch.Tensor, s: torch.Tensor, margin: float) -> torch.Tensor:
+        scores = im.mm(s.t())
+        diagonal = scores.diag().view(im.size(0), 1)
+        cost_s = (margin + scores - diagonal.expand_as(scores)).clamp(min=0)
+        cost_im = (margin + scores - diagonal.t().expand_as(scores)).clamp(min=0)
+        mask = torch.eye(scores.size(0)) > 0.5
+        cost_s = cost_s.masked_fill_(mask, 0).max(1)[0]  # max_violation
+        cost_im = cost_im.masked_fill_(mask, 0).max(0)[0]
+        return cost_s.sum() + cost_im.sum()
+
+    img_enc = EncoderImagePrecomp(sizes.precomp_dim, sizes.joint_space)
+    txt_enc = EncoderText(sizes.vocab_size, sizes.word_dim, sizes.joint_space)
+    img_enc.train()
+    txt_enc.train()
+    params = [*txt_enc.parameters(), *img_enc.fc.parameters()]
+    optimizer = torch.optim.Adam(params, lr=2e-4)
+
+    # Batches as the original's DataLoader makes them: shuffled pairs, then data.py's
+    # collate_fn sorts each batch by caption length (longest first) and zero-pads.
+    feats, captions = synthetic_pairs(sizes)
+    order = np.random.default_rng(sizes.seed + 1).permutation(len(captions))
+    batches = []
+    for b in range(sizes.pool):
+        rows = sorted(
+            order[b * sizes.batch_size : (b + 1) * sizes.batch_size],
+            key=lambda r: len(captions[r]),
+            reverse=True,
+        )
+        lengths = [len(captions[r]) for r in rows]
+        targets = torch.zeros(len(rows), max(lengths), dtype=torch.long)
+        for i, r in enumerate(rows):
+            targets[i, : lengths[i]] = torch.from_numpy(captions[r])
+        images = torch.from_numpy(feats[[r // CAPTIONS_PER_IMAGE for r in rows]])
+        batches.append((images, targets, lengths))
+
+    def step(i: int) -> float:
+        images, targets, lengths = batches[i]
+        img_emb, cap_emb = img_enc(images), txt_enc(targets, lengths)
+        optimizer.zero_grad()
+        loss = contrastive_loss(img_emb, cap_emb, 0.2)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 2.0)
+        optimizer.step()
+        return loss.item()
+
+    result = time_passes(step, sizes.pool, sizes.repeats)
+    padded = [b[1].shape[1] for b in batches]
+    result.update(
+        torch=torch.__version__,
+        numpy=np.__version__,
+        threads=torch.get_num_threads(),
+        mean_padded_length=float(np.mean(padded)),
+    )
+    return result
+
+
+def torch_subprocess(python: str, sizes: Sizes) -> dict[str, Any]:
+    """Run `run_torch` with another interpreter (the one that has torch); its JSON result."""
+    cmd = [
+        python,
+        str(Path(__file__).resolve()),
+        "--torch-only",
+        "--sizes",
+        json.dumps(asdict(sizes)),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-5:]
+        raise RuntimeError(f"{python} --torch-only failed ({proc.returncode}): {' | '.join(tail)}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- ours -------------------------------------------------------------------------------------
+
+
+def hoisted_gru_class(unroll: bool) -> type:
+    """A keras.layers.GRU whose input projection runs once for all steps (EXPERIMENTAL).
+
+    Same weights and maths as the Keras GRU (reset_after=True, masked steps keep the state);
+    only the loop differs: x @ W for every step is one [B*T, D] x [D, 3U] matmul before the
+    loop, which then holds the recurrent matmul alone. `unroll` unrolls the loop in Python
+    when the length is static (it is inside the trainer's tf.function), else tf.scan.
+    """
+    import keras
+    import tensorflow as tf
+
+    class HoistedGRU(keras.layers.GRU):  # type: ignore[misc]
+        def inner_loop(
+            self, sequences: Any, initial_state: Any, mask: Any, training: bool = False
+        ) -> Any:
+            cell = self.cell
+            if not cell.reset_after or not cell.use_bias or self.return_sequences:
+                return super().inner_loop(sequences, initial_state, mask, training)
+            dtype = sequences.dtype
+            kernel = tf.cast(cell.kernel, dtype)
+            recurrent = tf.cast(cell.recurrent_kernel, dtype)
+            bias = tf.cast(cell.bias, dtype)
+            xw = tf.einsum("btd,dg->tbg", sequences, kernel) + bias[0]  # time-major
+            if mask is None:
+                mask = tf.ones(tf.shape(sequences)[:2], tf.bool)
+            keep = tf.transpose(mask)[:, :, tf.newaxis]  # [T, B, 1]
+            h0 = initial_state[0]
+
+            def step(h: Any, inputs: tuple[Any, Any]) -> Any:
+                x_t, m_t = inputs
+                x_z, x_r, x_h = tf.split(x_t, 3, axis=-1)
+                inner = tf.matmul(h, recurrent) + bias[1]
+                r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
+                z = tf.sigmoid(x_z + r_z)
+                r = tf.sigmoid(x_r + r_r)
+                hh = tf.tanh(x_h + r * r_h)
+                return tf.where(m_t, z * h + (1 - z) * hh, h)
+
+            steps = sequences.shape[1]
+            if unroll and steps is not None:
+                h = h0
+                for t in range(steps):
+                    h = step(h, (xw[t], keep[t]))
+            else:
+                h = tf.foldl(step, (xw, keep), initializer=h0)
+            return h, h, [h]
+
+    return HoistedGRU
+
+
+@contextlib.contextmanager
+def patched_gru(kind: str | None) -> Iterator[None]:
+    """Swap keras.layers.GRU (looked up by training.model at build time) while building."""
+    if kind is None:
+        yield
+        return
+    import keras
+
+    original = keras.layers.GRU
+    keras.layers.GRU = hoisted_gru_class(unroll=kind == "unrolled")
+    try:
+        yield
+    finally:
+        keras.layers.GRU = original
+
+
+def variant_parts(name: str) -> set[str]:
+    """The options of a variant name ('exp:unrolled+xla' -> {'unrolled', 'xla'})."""
+    return set(name.removeprefix("exp:").split("+")) - {"plain"}
+
+
+def valid_variant(name: str) -> bool:
+    """'plain', or options joined by '+' ('exp:' allows the experimental GRU loops too)."""
+    allowed = OPTIONS | (EXPERIMENTAL_OPTIONS if name.startswith("exp:") else frozenset())
+    parts = name.removeprefix("exp:").split("+")
+    return name == "plain" or (set(parts) <= allowed and len(set(parts)) == len(parts))
+
+
+def make_train_data(sizes: Sizes) -> Any:
+    """The synthetic pairs as the trainer's TrainData (captions as words w4..w{V-1})."""
+    from training.datasets import SplitData
+    from training.images import ImageConfig
+    from training.text import RESERVED, Vocabulary
+    from training.trainer import TrainData
+
+    feats, captions = synthetic_pairs(sizes)
+    vocab = Vocabulary([*RESERVED, *(f"w{i}" for i in range(4, sizes.vocab_size))], 1)
+    texts = [" ".join(f"w{t}" for t in c[1:-1]) for c in captions]
+    ids = [f"synthetic_{i:06d}.jpg" for i in range(sizes.n_images)]
+    split = SplitData("train", ids, [Path("/nonexistent") / i for i in ids], texts)
+    if vocab.encode(texts[0]) != captions[0].tolist():
+        raise AssertionError("synthetic captions do not round-trip through the vocabulary")
+    return TrainData(split, split, vocab, ImageConfig(), train_features=feats, val_features=feats)
+
+
+def our_batches(data: Any, sizes: Sizes, bucket: bool) -> list[dict[str, Any]]:
+    """The first `pool` batches of the real training pipeline (bucketed or not)."""
+    from training.pipeline import train_dataset
+
+    ds = train_dataset(
+        data.train,
+        data.vocab,
+        data.image_cfg,
+        sizes.batch_size,
+        seed=sizes.seed + 1,
+        features=data.train_features,
+        bucket_by_length=bucket,
+    )
+    batches = list(ds.take(sizes.pool))
+    if len(batches) < sizes.pool:
+        raise ValueError(f"--pool {sizes.pool} needs more images than --n_images {sizes.n_images}")
+    return batches
+
+
+def run_ours(
+    variant: str, data: Any, batches: list[dict[str, Any]], sizes: Sizes
+) -> dict[str, Any]:
+    """Build a Trainer for the variant and time train_step over the batches."""
+    import keras
+
+    from training.config import ModelConfig, TrainConfig
+    from training.trainer import Trainer
+
+    parts = variant_parts(variant)
+    mcfg = ModelConfig(
+        precomp_dim=sizes.precomp_dim,
+        joint_space=sizes.joint_space,
+        word_dim=sizes.word_dim,
+        num_layers=1,
+        vocab_size=sizes.vocab_size,
+    )
+    tcfg = TrainConfig(
+        batch_size=sizes.batch_size,
+        seed=sizes.seed,
+        jit_compile="xla" in parts,
+        mixed_precision="bfloat16" if "bf16" in parts else "off",
+        bucket_by_length="bucket" in parts,
+    )
+    gru = "unrolled" if "unrolled" in parts else "hoisted" if "hoisted" in parts else None
+    with tempfile.TemporaryDirectory() as tmp, patched_gru(gru):
+        trainer = Trainer(mcfg, tcfg, data, tmp)
+
+    def step(i: int) -> float:
+        return trainer.train_step(batches[i], 0)
+
+    try:
+        result = time_passes(step, sizes.pool, sizes.repeats)
+    finally:
+        keras.config.set_dtype_policy("float32")
+        keras.backend.clear_session()
+        gc.collect()
+    result["mean_padded_length"] = float(np.mean([int(b["tokens"].shape[1]) for b in batches]))
+    return result
+
+
+# ---- machine, table, main ---------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, the flags that matter here, load and versions of this interpreter."""
+    info: dict[str, Any] = {"cpu": platform.processor() or "unknown", "flags": []}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+                info["flags"] = [f for f in wanted if f in flags]
+                break
+    info["logical_cores"] = os.cpu_count()
+    info["usable_cores"] = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    )
+    info["python"] = platform.python_version()
+    info["numpy"] = np.__version__
+    return info
+
+
+def wait_for_load(limit: float, max_wait_s: float, poll_s: float = 15.0) -> float:
+    """Poll the 1-minute load average until it is below `limit` (or time runs out)."""
+    deadline = time.monotonic() + max_wait_s
+    load = os.getloadavg()[0]
+    while load >= limit and time.monotonic() < deadline:
+        log.info("load average %.2f >= %.2f: waiting", load, limit)
+        time.sleep(poll_s)
+        load = os.getloadavg()[0]
+    if load >= limit:
+        log.warning("load average still %.2f after %.0f s: measuring anyway", load, max_wait_s)
+    return load
+
+
+def table(rows: list[dict[str, Any]], baseline_ms: float | None, plain_ms: float | None) -> str:
+    """The markdown table: variant, ms/step, pairs/s, ratios to PyTorch and to our plain step."""
+    lines = [
+        "| variant | ms/step | pairs/s | vs PyTorch | vs our plain | mean padded length |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        ms = row.get("ms_per_step")
+        if ms is None:
+            lines.append(f"| {row['variant']} | {row['note']} | | | | |")
+            continue
+        to_torch = f"{baseline_ms / ms:.2f}x" if baseline_ms else "n/a"
+        to_plain = f"{plain_ms / ms:.2f}x" if plain_ms else "n/a"
+        lines.append(
+            f"| {row['variant']} | {ms:.1f} | {row['pairs_per_s']:.0f} | {to_torch} | {to_plain} "
+            f"| {row['mean_padded_length']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small pool, 2 passes: seconds")
+    parser.add_argument(
+        "--torch_python",
+        default="/tmp/torchvenv/bin/python",
+        help="interpreter with torch for the baseline ('' to skip it)",
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(BASE_VARIANTS),
+        help="comma-separated variants of ours: " + ", ".join(BASE_VARIANTS),
+    )
+    parser.add_argument(
+        "--experimental",
+        action="store_true",
+        help="add the hoisted-GRU variants: " + ", ".join(EXPERIMENTAL_VARIANTS),
+    )
+    parser.add_argument(
+        "--force_bf16",
+        action="store_true",
+        help="run bf16 variants even without AVX512_BF16/AMX (emulated: slow)",
+    )
+    parser.add_argument("--pool", type=int, default=None, help="batches per pass (16; quick 4)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed passes (5; quick 2)")
+    parser.add_argument("--n_images", type=int, default=None, help="synthetic images (1000)")
+    parser.add_argument("--vocab_size", type=int, default=8000, help="vocabulary size")
+    parser.add_argument("--batch_size", type=int, default=128, help="pairs per step")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the synthetic data")
+    parser.add_argument(
+        "--wait_load",
+        type=float,
+        default=0.0,
+        help="first wait until the 1-min load average is below this (0: don't)",
+    )
+    parser.add_argument("--wait_max", type=float, default=600.0, help="longest wait, seconds")
+    parser.add_argument("--json_out", default=None, help="write every measurement as JSON here")
+    parser.add_argument(
+        "--torch-only", dest="torch_only", action="store_true", help=argparse.SUPPRESS
+    )
+    parser.add_argument("--sizes", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    """Sizes from the command line (--quick shrinks the pool, the passes and the data)."""
+    quick = args.quick
+    return Sizes(
+        vocab_size=args.vocab_size,
+        batch_size=args.batch_size,
+        n_images=args.n_images or (300 if quick else 1000),
+        pool=args.pool or (4 if quick else 16),
+        repeats=args.repeats or (2 if quick else 5),
+        threads=args.threads,
+        seed=args.seed,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.torch_only:
+        sizes = Sizes(**json.loads(args.sizes)) if args.sizes else sizes_from(args)
+        print(json.dumps({**run_torch(sizes), "machine": machine()}))
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    sizes = sizes_from(args)
+    info = machine()
+    bf16_ok = any(f in info["flags"] for f in BF16_FLAGS)
+    variants = [v for v in args.variants.split(",") if v]
+    if args.experimental:
+        variants += list(EXPERIMENTAL_VARIANTS)
+    unknown = [v for v in variants if not valid_variant(v)]
+    if unknown:
+        raise SystemExit(
+            f"unknown --variants {unknown}: '+'-joined {sorted(OPTIONS)}, 'plain', or with "
+            f"the 'exp:' prefix also {sorted(EXPERIMENTAL_OPTIONS)}"
+        )
+    load_before = wait_for_load(args.wait_load, args.wait_max) if args.wait_load else None
+    started = dt.datetime.now().astimezone()
+    load_at_start = os.getloadavg()
+
+    rows: list[dict[str, Any]] = []
+    torch_runs: list[dict[str, Any]] = []
+    torch_error = None
+
+    def baseline(label: str) -> None:
+        nonlocal torch_error
+        if not args.torch_python or torch_error:
+            return
+        log.info("PyTorch baseline (%s) with %s", label, args.torch_python)
+        try:
+            run = torch_subprocess(args.torch_python, sizes)
+        except (OSError, RuntimeError, ValueError) as exc:
+            torch_error = str(exc)
+            log.error("no PyTorch baseline: %s", exc)
+            return
+        run["variant"] = f"PyTorch original ({label})"
+        run["pairs_per_s"] = 1000.0 * sizes.batch_size / run["ms_per_step"]
+        torch_runs.append(run)
+
+    baseline("before")
+    data = make_train_data(sizes)
+    batch_sets = {b: our_batches(data, sizes, b) for b in (False, True)}
+    for variant in variants:
+        if "bf16" in variant_parts(variant) and not (bf16_ok or args.force_bf16):
+            rows.append({"variant": variant, "note": "skipped: no avx512_bf16/amx on this CPU"})
+            continue
+        log.info("ours: %s", variant)
+        batches = batch_sets["bucket" in variant_parts(variant)]
+        res = run_ours(variant, data, batches, sizes)
+        res["variant"] = variant
+        res["pairs_per_s"] = 1000.0 * sizes.batch_size / res["ms_per_step"]
+        rows.append(res)
+    baseline("after")
+
+    baseline_ms = statistics.mean(r["ms_per_step"] for r in torch_runs) if torch_runs else None
+    plain_ms = next((r["ms_per_step"] for r in rows if r["variant"] == "plain"), None)
+    flags = ", ".join(info["flags"]) or "none of avx2/avx512/bf16/amx"
+    header = [
+        f"- {started:%Y-%m-%d %H:%M %Z}; CPU: {info['cpu']}, {info['logical_cores']} logical cores "
+        f"({info['usable_cores']} usable); flags: {flags}; bfloat16 variants "
+        + ("run (native AVX512_BF16/AMX)" if bf16_ok else "skipped (no AVX512_BF16/AMX)"),
+        f"- TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {np.__version__}; "
+        + (
+            f"PyTorch {torch_runs[0]['torch']} (numpy {torch_runs[0]['numpy']}, "
+            f"{torch_runs[0]['threads']} threads)"
+            if torch_runs
+            else f"PyTorch baseline unavailable: {torch_error or 'no --torch_python'}"
+        ),
+        f"- sizes: features {sizes.precomp_dim}, joint {sizes.joint_space}, word "
+        f"{sizes.word_dim}, vocabulary {sizes.vocab_size}, batch {sizes.batch_size}, captions "
+        f"{CAPTION_MIN}-{CAPTION_MAX} tokens; {sizes.pool} batches per pass, median of "
+        f"{sizes.repeats} passes after one warm-up pass",
+        f"- load average (1/5/15 min) at start {load_at_start[0]:.2f}/{load_at_start[1]:.2f}/"
+        f"{load_at_start[2]:.2f}, at end " + "/".join(f"{x:.2f}" for x in os.getloadavg()),
+    ]
+    print("\n".join(header))
+    print()
+    print(table(torch_runs + rows, baseline_ms, plain_ms))
+    if args.json_out:
+        out = {
+            "date": started.isoformat(),
+            "machine": info,
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+            "sizes": asdict(sizes),
+            "load_before_wait": load_before,
+            "load_at_start": load_at_start,
+            "load_at_end": os.getloadavg(),
+            "torch_error": torch_error,
+            "baseline_ms_per_step": baseline_ms,
+            "torch": torch_runs,
+            "ours": rows,
+        }
+        Path(args.json_out).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
