@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import gc
 import json
 import logging
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,6 +64,7 @@ EXPERIMENTAL_VARIANTS = ("exp:hoisted", "exp:hoisted+xla+bucket", "exp:unrolled+
 OPTIONS = frozenset({"xla", "bucket", "bf16"})
 EXPERIMENTAL_OPTIONS = frozenset({"hoisted", "unrolled"})  # GRU loops, see hoisted_gru_class
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+TORCH = "PyTorch original (fartashf/vsepp)"
 
 
 @dataclass(frozen=True)
@@ -100,35 +101,44 @@ def synthetic_pairs(sizes: Sizes) -> tuple[np.ndarray, list[np.ndarray]]:
     return feats, captions
 
 
-def time_passes(step: Callable[[int], float], pool: int, repeats: int) -> dict[str, Any]:
-    """One warm-up pass over the pool, then `repeats` timed passes; ms/step per pass."""
+def warm_up(step: Callable[[int], float], pool: int) -> dict[str, Any]:
+    """One untimed-for-the-table pass over the pool: tracing and compilation happen here."""
     t0 = time.perf_counter()
     losses = [step(i) for i in range(pool)]
-    warmup_s = time.perf_counter() - t0
-    per_pass, cpu_per_pass = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i in range(pool):
-            step(i)
-        per_pass.append(1000.0 * (time.perf_counter() - t0) / pool)
-        cpu_per_pass.append(1000.0 * (time.process_time() - c0) / pool)
     return {
-        "ms_per_step": statistics.median(per_pass),
-        "ms_per_pass_step": per_pass,
-        # CPU time of all the process's threads: a wall time far below cores x this means
-        # the machine was busy with something else.
-        "cpu_ms_per_step": statistics.median(cpu_per_pass),
-        "warmup_s": warmup_s,
+        "warmup_s": time.perf_counter() - t0,
         "first_loss": losses[0],
         "finite": bool(np.all(np.isfinite(losses))),
+    }
+
+
+def timed_pass(step: Callable[[int], float], pool: int) -> dict[str, float]:
+    """One pass over the pool: wall and process CPU milliseconds per step."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(pool):
+        step(i)
+    return {
+        "ms": 1000.0 * (time.perf_counter() - t0) / pool,
+        # CPU time of all the process's threads: a wall time well above this / cores means
+        # the machine was busy with something else during the pass.
+        "cpu_ms": 1000.0 * (time.process_time() - c0) / pool,
+    }
+
+
+def summarise(passes: list[dict[str, float]]) -> dict[str, Any]:
+    """Median wall and CPU ms/step over the timed passes, and every pass."""
+    return {
+        "ms_per_step": statistics.median(p["ms"] for p in passes),
+        "cpu_ms_per_step": statistics.median(p["cpu_ms"] for p in passes),
+        "passes": passes,
     }
 
 
 # ---- the original, in PyTorch (runs in its own venv) -------------------------------------------
 
 
-def run_torch(sizes: Sizes) -> dict[str, Any]:
-    """Time fartashf/vsepp's precomp training step (model.py VSE.train_emb) in this process."""
+def build_torch_step(sizes: Sizes) -> tuple[Callable[[int], float], dict[str, Any]]:
+    """fartashf/vsepp's precomp training step (model.py VSE.train_emb) over a pool of batches."""
     import torch
     from torch import nn
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -214,31 +224,81 @@ def run_torch(sizes: Sizes) -> dict[str, Any]:
         optimizer.step()
         return loss.item()
 
-    result = time_passes(step, sizes.pool, sizes.repeats)
-    padded = [b[1].shape[1] for b in batches]
-    result.update(
-        torch=torch.__version__,
-        numpy=np.__version__,
-        threads=torch.get_num_threads(),
-        mean_padded_length=float(np.mean(padded)),
-    )
-    return result
+    meta = {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "threads": torch.get_num_threads(),
+        "mean_padded_length": float(np.mean([b[1].shape[1] for b in batches])),
+    }
+    return step, meta
 
 
-def torch_subprocess(python: str, sizes: Sizes) -> dict[str, Any]:
-    """Run `run_torch` with another interpreter (the one that has torch); its JSON result."""
-    cmd = [
-        python,
-        str(Path(__file__).resolve()),
-        "--torch-only",
-        "--sizes",
-        json.dumps(asdict(sizes)),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-5:]
-        raise RuntimeError(f"{python} --torch-only failed ({proc.returncode}): {' | '.join(tail)}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def torch_worker(sizes: Sizes, serve: bool) -> None:
+    """The --torch-only mode: JSON lines on stdout.
+
+    With `serve`, one line when ready, then one per command read from stdin ("warmup",
+    "pass", "quit"), so the parent can interleave its passes with its own; without, warm-up
+    and `sizes.repeats` passes, then a single summary line.
+    """
+    step, meta = build_torch_step(sizes)
+    if not serve:
+        warm = warm_up(step, sizes.pool)
+        passes = [timed_pass(step, sizes.pool) for _ in range(sizes.repeats)]
+        print(json.dumps({**meta, **warm, **summarise(passes)}), flush=True)
+        return
+    print(json.dumps(meta), flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "quit":
+            break
+        out = warm_up(step, sizes.pool) if command == "warmup" else timed_pass(step, sizes.pool)
+        print(json.dumps(out), flush=True)
+
+
+class TorchRunner:
+    """The PyTorch baseline in a child process (`--torch_python`), driven pass by pass."""
+
+    def __init__(self, python: str, sizes: Sizes) -> None:
+        cmd = [python, str(Path(__file__).resolve()), "--torch-only", "--serve"]
+        cmd += ["--sizes", json.dumps(asdict(sizes))]
+        self.pool = sizes.pool
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.meta = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            tail = " | ".join(err.strip().splitlines()[-3:])
+            raise RuntimeError(f"--torch-only worker exited ({self.proc.wait()}): {tail}")
+        return dict(json.loads(line))
+
+    def command(self, name: str) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def warm_up(self) -> dict[str, Any]:
+        return self.command("warmup")
+
+    def timed_pass(self) -> dict[str, float]:
+        return self.command("pass")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 # ---- ours -------------------------------------------------------------------------------------
@@ -358,45 +418,50 @@ def our_batches(data: Any, sizes: Sizes, bucket: bool) -> list[dict[str, Any]]:
     return batches
 
 
-def run_ours(
-    variant: str, data: Any, batches: list[dict[str, Any]], sizes: Sizes
-) -> dict[str, Any]:
-    """Build a Trainer for the variant and time train_step over the batches."""
-    import keras
+class OursRunner:
+    """A Trainer built for one variant, stepping through its pool of batches."""
 
-    from training.config import ModelConfig, TrainConfig
-    from training.trainer import Trainer
+    def __init__(self, variant: str, data: Any, batches: list[dict[str, Any]], sizes: Sizes):
+        from training.config import ModelConfig, TrainConfig
+        from training.trainer import Trainer
 
-    parts = variant_parts(variant)
-    mcfg = ModelConfig(
-        precomp_dim=sizes.precomp_dim,
-        joint_space=sizes.joint_space,
-        word_dim=sizes.word_dim,
-        num_layers=1,
-        vocab_size=sizes.vocab_size,
-    )
-    tcfg = TrainConfig(
-        batch_size=sizes.batch_size,
-        seed=sizes.seed,
-        jit_compile="xla" in parts,
-        mixed_precision="bfloat16" if "bf16" in parts else "off",
-        bucket_by_length="bucket" in parts,
-    )
-    gru = "unrolled" if "unrolled" in parts else "hoisted" if "hoisted" in parts else None
-    with tempfile.TemporaryDirectory() as tmp, patched_gru(gru):
-        trainer = Trainer(mcfg, tcfg, data, tmp)
+        parts = variant_parts(variant)
+        mcfg = ModelConfig(
+            precomp_dim=sizes.precomp_dim,
+            joint_space=sizes.joint_space,
+            word_dim=sizes.word_dim,
+            num_layers=1,
+            vocab_size=sizes.vocab_size,
+        )
+        tcfg = TrainConfig(
+            batch_size=sizes.batch_size,
+            seed=sizes.seed,
+            jit_compile="xla" in parts,
+            mixed_precision="bfloat16" if "bf16" in parts else "off",
+            bucket_by_length="bucket" in parts,
+        )
+        gru = "unrolled" if "unrolled" in parts else "hoisted" if "hoisted" in parts else None
+        # The trainer sets the global dtype policy; a built model keeps the one it was built
+        # with, so the variants can live side by side.
+        with tempfile.TemporaryDirectory() as tmp, patched_gru(gru):
+            self.trainer = Trainer(mcfg, tcfg, data, tmp)
+        self.batches = batches
+        self.pool = sizes.pool
+        self.meta = {
+            "mean_padded_length": float(np.mean([int(b["tokens"].shape[1]) for b in batches]))
+        }
 
-    def step(i: int) -> float:
-        return trainer.train_step(batches[i], 0)
+    def step(self, i: int) -> float:
+        return self.trainer.train_step(self.batches[i], 0)
 
-    try:
-        result = time_passes(step, sizes.pool, sizes.repeats)
-    finally:
-        keras.config.set_dtype_policy("float32")
-        keras.backend.clear_session()
-        gc.collect()
-    result["mean_padded_length"] = float(np.mean([int(b["tokens"].shape[1]) for b in batches]))
-    return result
+    def warm_up(self) -> dict[str, Any]:
+        return warm_up(self.step, self.pool)
+
+    def timed_pass(self) -> dict[str, float]:
+        return timed_pass(self.step, self.pool)
+
+    def close(self) -> None:
+        del self.trainer
 
 
 # ---- machine, table, main ---------------------------------------------------------------------
@@ -437,21 +502,22 @@ def wait_for_load(limit: float, max_wait_s: float, poll_s: float = 15.0) -> floa
 
 
 def table(rows: list[dict[str, Any]], baseline_ms: float | None, plain_ms: float | None) -> str:
-    """The markdown table: variant, ms/step, pairs/s, ratios to PyTorch and to our plain step."""
+    """Markdown: variant, ms/step, pairs/s, ratios to PyTorch and to our plain step, and how
+    many cores the step kept busy (CPU time / wall time; about 2 on an idle 2-core machine)."""
     lines = [
-        "| variant | ms/step | pairs/s | vs PyTorch | vs our plain | mean padded length |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | ms/step | pairs/s | vs PyTorch | vs our plain | padded length | cores busy |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         ms = row.get("ms_per_step")
         if ms is None:
-            lines.append(f"| {row['variant']} | {row['note']} | | | | |")
+            lines.append(f"| {row['variant']} | {row['note']} | | | | | |")
             continue
         to_torch = f"{baseline_ms / ms:.2f}x" if baseline_ms else "n/a"
         to_plain = f"{plain_ms / ms:.2f}x" if plain_ms else "n/a"
         lines.append(
-            f"| {row['variant']} | {ms:.1f} | {row['pairs_per_s']:.0f} | {to_torch} | {to_plain} "
-            f"| {row['mean_padded_length']:.1f} |"
+            f"| {row['variant']} | {ms:.0f} | {row['pairs_per_s']:.0f} | {to_torch} | {to_plain} "
+            f"| {row['mean_padded_length']:.1f} | {row['cpu_ms_per_step'] / ms:.2f} |"
         )
     return "\n".join(lines)
 
@@ -497,6 +563,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--torch-only", dest="torch_only", action="store_true", help=argparse.SUPPRESS
     )
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -515,91 +582,121 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     )
 
 
+def measure(runners: dict[str, Any], repeats: int) -> dict[str, dict[str, Any]]:
+    """Warm every runner up, then `repeats` rounds of one timed pass each, interleaved.
+
+    Interleaving (with the order rotated every round) spreads a shared machine's changing
+    load over all the variants instead of penalising whichever ran during a busy minute.
+    """
+    results = {}
+    for name, runner in runners.items():
+        log.info("warm-up: %s", name)
+        results[name] = {**runner.meta, **runner.warm_up(), "passes": []}
+    names = list(runners)
+    for r in range(repeats):
+        log.info("timed round %d/%d", r + 1, repeats)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            results[name]["passes"].append(runners[name].timed_pass())
+    for res in results.values():
+        res.update(summarise(res["passes"]))
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.torch_only:
         sizes = Sizes(**json.loads(args.sizes)) if args.sizes else sizes_from(args)
-        print(json.dumps({**run_torch(sizes), "machine": machine()}))
+        torch_worker(sizes, args.serve)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import tensorflow as tf
-
     sizes = sizes_from(args)
     info = machine()
     bf16_ok = any(f in info["flags"] for f in BF16_FLAGS)
     variants = [v for v in args.variants.split(",") if v]
     if args.experimental:
-        variants += list(EXPERIMENTAL_VARIANTS)
+        variants += [v for v in EXPERIMENTAL_VARIANTS if v not in variants]
     unknown = [v for v in variants if not valid_variant(v)]
     if unknown:
         raise SystemExit(
             f"unknown --variants {unknown}: '+'-joined {sorted(OPTIONS)}, 'plain', or with "
             f"the 'exp:' prefix also {sorted(EXPERIMENTAL_OPTIONS)}"
         )
+    skipped = [v for v in variants if "bf16" in variant_parts(v) and not bf16_ok]
+    if args.force_bf16:
+        skipped = []
     load_before = wait_for_load(args.wait_load, args.wait_max) if args.wait_load else None
     started = dt.datetime.now().astimezone()
     load_at_start = os.getloadavg()
 
-    rows: list[dict[str, Any]] = []
-    torch_runs: list[dict[str, Any]] = []
+    runners: dict[str, Any] = {}
     torch_error = None
-
-    def baseline(label: str) -> None:
-        nonlocal torch_error
-        if not args.torch_python or torch_error:
-            return
-        log.info("PyTorch baseline (%s) with %s", label, args.torch_python)
+    if args.torch_python:
+        log.info("PyTorch baseline with %s", args.torch_python)
         try:
-            run = torch_subprocess(args.torch_python, sizes)
+            runners[TORCH] = TorchRunner(args.torch_python, sizes)
         except (OSError, RuntimeError, ValueError) as exc:
             torch_error = str(exc)
             log.error("no PyTorch baseline: %s", exc)
-            return
-        run["variant"] = f"PyTorch original ({label})"
-        run["pairs_per_s"] = 1000.0 * sizes.batch_size / run["ms_per_step"]
-        torch_runs.append(run)
+    else:
+        torch_error = "no --torch_python given"
 
-    baseline("before")
-    data = make_train_data(sizes)
-    batch_sets = {b: our_batches(data, sizes, b) for b in (False, True)}
-    for variant in variants:
-        if "bf16" in variant_parts(variant) and not (bf16_ok or args.force_bf16):
-            rows.append({"variant": variant, "note": "skipped: no avx512_bf16/amx on this CPU"})
-            continue
-        log.info("ours: %s", variant)
-        batches = batch_sets["bucket" in variant_parts(variant)]
-        res = run_ours(variant, data, batches, sizes)
-        res["variant"] = variant
+    import keras
+    import tensorflow as tf
+
+    try:
+        data = make_train_data(sizes)
+        batch_sets = {b: our_batches(data, sizes, b) for b in (False, True)}
+        for variant in variants:
+            if variant not in skipped:
+                log.info("building: %s", variant)
+                batches = batch_sets["bucket" in variant_parts(variant)]
+                runners[variant] = OursRunner(variant, data, batches, sizes)
+        keras.config.set_dtype_policy("float32")
+        results = measure(runners, sizes.repeats)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    load_at_end = os.getloadavg()
+
+    for name, res in results.items():
+        res["variant"] = name
         res["pairs_per_s"] = 1000.0 * sizes.batch_size / res["ms_per_step"]
-        rows.append(res)
-    baseline("after")
-
-    baseline_ms = statistics.mean(r["ms_per_step"] for r in torch_runs) if torch_runs else None
-    plain_ms = next((r["ms_per_step"] for r in rows if r["variant"] == "plain"), None)
+    rows = [results[TORCH]] if TORCH in results else []
+    if torch_error:
+        rows.append({"variant": TORCH, "note": f"unavailable: {torch_error}"})
+    for variant in variants:
+        if variant in skipped:
+            rows.append({"variant": variant, "note": "skipped: no avx512_bf16/amx on this CPU"})
+        else:
+            rows.append(results[variant])
+    baseline_ms = results[TORCH]["ms_per_step"] if TORCH in results else None
+    plain_ms = results["plain"]["ms_per_step"] if "plain" in results else None
+    torch_meta = results.get(TORCH)
     flags = ", ".join(info["flags"]) or "none of avx2/avx512/bf16/amx"
     header = [
-        f"- {started:%Y-%m-%d %H:%M %Z}; CPU: {info['cpu']}, {info['logical_cores']} logical cores "
-        f"({info['usable_cores']} usable); flags: {flags}; bfloat16 variants "
+        f"- {started:%Y-%m-%d %H:%M %Z}; CPU: {info['cpu']}, {info['logical_cores']} logical "
+        f"cores ({info['usable_cores']} usable); flags: {flags}; bfloat16 variants "
         + ("run (native AVX512_BF16/AMX)" if bf16_ok else "skipped (no AVX512_BF16/AMX)"),
         f"- TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {np.__version__}; "
         + (
-            f"PyTorch {torch_runs[0]['torch']} (numpy {torch_runs[0]['numpy']}, "
-            f"{torch_runs[0]['threads']} threads)"
-            if torch_runs
-            else f"PyTorch baseline unavailable: {torch_error or 'no --torch_python'}"
+            f"PyTorch {torch_meta['torch']} (numpy {torch_meta['numpy']}, "
+            f"{torch_meta['threads']} threads)"
+            if torch_meta
+            else f"PyTorch baseline unavailable: {torch_error}"
         ),
         f"- sizes: features {sizes.precomp_dim}, joint {sizes.joint_space}, word "
         f"{sizes.word_dim}, vocabulary {sizes.vocab_size}, batch {sizes.batch_size}, captions "
         f"{CAPTION_MIN}-{CAPTION_MAX} tokens; {sizes.pool} batches per pass, median of "
-        f"{sizes.repeats} passes after one warm-up pass",
-        f"- load average (1/5/15 min) at start {load_at_start[0]:.2f}/{load_at_start[1]:.2f}/"
-        f"{load_at_start[2]:.2f}, at end " + "/".join(f"{x:.2f}" for x in os.getloadavg()),
+        f"{sizes.repeats} interleaved passes after one warm-up pass",
+        "- load average (1/5/15 min) at start "
+        + "/".join(f"{x:.2f}" for x in load_at_start)
+        + ", at end "
+        + "/".join(f"{x:.2f}" for x in load_at_end),
     ]
     print("\n".join(header))
     print()
-    print(table(torch_runs + rows, baseline_ms, plain_ms))
+    print(table(rows, baseline_ms, plain_ms))
     if args.json_out:
         out = {
             "date": started.isoformat(),
@@ -608,11 +705,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sizes": asdict(sizes),
             "load_before_wait": load_before,
             "load_at_start": load_at_start,
-            "load_at_end": os.getloadavg(),
+            "load_at_end": load_at_end,
             "torch_error": torch_error,
             "baseline_ms_per_step": baseline_ms,
-            "torch": torch_runs,
-            "ours": rows,
+            "rows": rows,
         }
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     return 0

@@ -201,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "split_arg": str(args.imgs_file_path or args.split),
             "dataset": args.dataset,
             "model_dir": str(args.model_dir),
+            # What the dataset reader dropped before embedding (--skip_incomplete).
+            "split_skipped": dict(getattr(split, "skipped", {}) or {}),
         },
         model_facts=facts,
     )

@@ -14,11 +14,13 @@ Index types (`build_index(vectors, index_type, **params)`):
 - ``auto``: ``flat`` up to `AUTO_FLAT_MAX` vectors, ``hnsw`` above.
 
 ``efSearch`` / ``nprobe`` = 0 means "tune": the smallest power of two whose recall@10 on a
-held-out query sample reaches ``target_recall`` (capped by ``max_ef_search`` / ``nlist``).
+held-out query sample reaches ``target_recall`` (capped at `MAX_EF_SEARCH` / ``nlist``;
+a warning says when the cap is hit, and the recall reached is recorded either way).
 
-Determinism: k-means (IVF, PQ) and the training sample use ``seed``; HNSW levels are drawn
-from an RNG seeded with ``seed``, but a multi-threaded HNSW build inserts in a
-thread-dependent order, so HNSW graphs are bit-identical only for the same thread count of 1.
+Determinism: k-means (IVF, PQ) and the training sample use ``seed``, so IVF / IVF-PQ builds
+are reproducible. HNSW levels come from an RNG seeded with ``seed``, but a multi-threaded
+HNSW build links nodes in a thread-dependent order: its graph is reproducible only when
+built on one FAISS thread.
 """
 
 from __future__ import annotations

@@ -274,3 +274,34 @@ def test_precomputed_features_train_a_model_that_serves_from_images(
     want = head(store.for_split(test)).numpy()
     got = load_encoders(run).encode_image_bytes([p.read_bytes() for p in test.image_paths])
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize(("mode", "jit"), [("bfloat16", "nojit"), ("float16", "nojit"),
+                                           ("off", "jit")])  # fmt: skip
+def test_mixed_precision_and_xla_steps_train(mode: str, jit: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_precision_step.py"), mode, jit],
+        capture_output=True, text=True, env=_env(), timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(np.isfinite(out["losses"]))
+    assert out["moved"] > 1e-3
+    assert out["losses"][-1] < out["losses"][0]
+    assert out["embedding_dtype"] == "float32" and out["variable_dtype"] == "float32"
+    assert out["compute_dtype"] == {"off": "float32"}.get(mode, mode)
+
+
+def test_word_vectors_initialise_known_words(tmp_path: Path) -> None:
+    from training.model import load_word_vectors
+    from training.text import Vocabulary
+
+    vocab = Vocabulary.build(["red ball"] * 4)
+    glove = tmp_path / "glove.txt"
+    glove.write_text("red 1 2 3\nunrelated 4 5 6\nball 7 8 9\n")
+    matrix = load_word_vectors(glove, vocab, 3)
+    np.testing.assert_array_equal(matrix[vocab.id_of("red")], [1, 2, 3])
+    np.testing.assert_array_equal(matrix[vocab.id_of("ball")], [7, 8, 9])
+    assert np.all(matrix[0] == 0) and np.all(np.abs(matrix[1]) <= 0.1)
+    with pytest.raises(ValueError, match=r"glove\.txt:1"):
+        load_word_vectors(glove, vocab, 4)
