@@ -12,17 +12,23 @@ a Flickr-sized vocabulary of 8000) on seeded synthetic pairs whose captions hold
   batches drawn from the real ``train_dataset`` (and ``bucket_by_length=True`` for the
   bucketed variants), in the variants plain, XLA (``jit_compile``), bucketed, bfloat16 (only
   where the CPU has AVX512_BF16 or AMX) and their combinations;
-- the original: a minimal transcription of fartashf/vsepp's precomp training step in PyTorch,
-  run by ``--torch_python`` as a subprocess (``--torch-only``), before and after ours, so the
-  project never imports torch;
-- with ``--experimental``: our step with the GRU's input projection hoisted out of the time
-  loop (a monkeypatched ``keras.layers.GRU``, same weights), to measure a change before
-  anyone makes it in ``training/``.
+- the original: a minimal transcription of fartashf/vsepp's precomp training step in PyTorch
+  on the same pairs, run by ``--torch_python`` in a child process (``--torch-only``, JSON
+  lines), so the project never imports torch;
+- with ``--experimental``: our step with another GRU time loop (``experimental_gru_class``:
+  input projection hoisted out of the loop; or a "packed" loop that, like the original's
+  pack_padded_sequence, runs each step on the captions still going only), swapped in by
+  monkeypatching ``keras.layers.GRU`` while the trainer builds its model (same weights), to
+  measure a change before anyone makes it in ``training/``.
 
 Batches are materialised first, so the input pipeline is not timed (the original's
 DataLoader is not either). Each variant runs one warm-up pass over its pool of batches
 (tracing and XLA compilation of every caption length happen there), then ``--repeats``
-timed passes; ms/step is the median over the passes. Prints a markdown table.
+rounds of one timed pass per variant, interleaved so that a shared machine's changing load
+falls on all of them alike; ms/step is the median over the passes. Prints a markdown table
+(``--json_out`` keeps every pass). On a busy machine wait for quiet (``--wait_load``): the
+original's OpenMP threads spin while the other core is taken and it slows down far more
+than ours, which flatters the ratio.
 """
 
 from __future__ import annotations
@@ -60,9 +66,9 @@ BASE_VARIANTS = (
     "bf16+bucket",
     "bf16+xla+bucket",
 )
-EXPERIMENTAL_VARIANTS = ("exp:hoisted", "exp:hoisted+xla+bucket", "exp:unrolled+xla+bucket")
+EXPERIMENTAL_VARIANTS = ("exp:hoisted", "exp:packed", "exp:packed+bf16", "exp:hoisted+bf16+bucket")
 OPTIONS = frozenset({"xla", "bucket", "bf16"})
-EXPERIMENTAL_OPTIONS = frozenset({"hoisted", "unrolled"})  # GRU loops, see hoisted_gru_class
+EXPERIMENTAL_OPTIONS = frozenset({"hoisted", "unrolled", "packed"})  # experimental_gru_class
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 TORCH = "PyTorch original (fartashf/vsepp)"
 
@@ -304,18 +310,24 @@ class TorchRunner:
 # ---- ours -------------------------------------------------------------------------------------
 
 
-def hoisted_gru_class(unroll: bool) -> type:
-    """A keras.layers.GRU whose input projection runs once for all steps (EXPERIMENTAL).
+def experimental_gru_class(kind: str) -> type:
+    """A keras.layers.GRU with another time loop (EXPERIMENTAL, for measuring only).
 
-    Same weights and maths as the Keras GRU (reset_after=True, masked steps keep the state);
-    only the loop differs: x @ W for every step is one [B*T, D] x [D, 3U] matmul before the
-    loop, which then holds the recurrent matmul alone. `unroll` unrolls the loop in Python
-    when the length is static (it is inside the trainer's tf.function), else tf.scan.
+    Same weights and maths as the Keras GRU (reset_after=True; a caption's state stops at
+    its last token), but x @ W for every step is one [B*T, D] x [D, 3U] matmul before the
+    loop, which then holds the recurrent matmul alone. The loop, by `kind`:
+
+    - "hoisted": tf.foldl over the steps, masked steps keep the state;
+    - "unrolled": a Python loop over the steps (the length is static inside the trainer's
+      tf.function), masked as above;
+    - "packed": unrolled, with the batch sorted by length so that step t runs on the captions
+      still going only, as pack_padded_sequence does in the original (no XLA: the active
+      batch shrinks step by step).
     """
     import keras
     import tensorflow as tf
 
-    class HoistedGRU(keras.layers.GRU):  # type: ignore[misc]
+    class ExperimentalGRU(keras.layers.GRU):  # type: ignore[misc]
         def inner_loop(
             self, sequences: Any, initial_state: Any, mask: Any, training: bool = False
         ) -> Any:
@@ -323,35 +335,47 @@ def hoisted_gru_class(unroll: bool) -> type:
             if not cell.reset_after or not cell.use_bias or self.return_sequences:
                 return super().inner_loop(sequences, initial_state, mask, training)
             dtype = sequences.dtype
-            kernel = tf.cast(cell.kernel, dtype)
             recurrent = tf.cast(cell.recurrent_kernel, dtype)
             bias = tf.cast(cell.bias, dtype)
-            xw = tf.einsum("btd,dg->tbg", sequences, kernel) + bias[0]  # time-major
             if mask is None:
                 mask = tf.ones(tf.shape(sequences)[:2], tf.bool)
+            h = initial_state[0]
+            steps = sequences.shape[1]
+            order = None
+            if kind == "packed" and steps is not None:
+                lengths = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+                order = tf.argsort(lengths, direction="DESCENDING", stable=True)
+                sequences = tf.gather(sequences, order)
+                lengths = tf.gather(lengths, order)
+                h = tf.gather(h, order)
+            # Time-major input projections of every step at once.
+            xw = tf.einsum("btd,dg->tbg", sequences, tf.cast(cell.kernel, dtype)) + bias[0]
             keep = tf.transpose(mask)[:, :, tf.newaxis]  # [T, B, 1]
-            h0 = initial_state[0]
 
-            def step(h: Any, inputs: tuple[Any, Any]) -> Any:
-                x_t, m_t = inputs
+            def cell_step(h: Any, x_t: Any) -> Any:
                 x_z, x_r, x_h = tf.split(x_t, 3, axis=-1)
                 inner = tf.matmul(h, recurrent) + bias[1]
                 r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
                 z = tf.sigmoid(x_z + r_z)
                 r = tf.sigmoid(x_r + r_r)
-                hh = tf.tanh(x_h + r * r_h)
-                return tf.where(m_t, z * h + (1 - z) * hh, h)
+                return z * h + (1 - z) * tf.tanh(x_h + r * r_h)
 
-            steps = sequences.shape[1]
-            if unroll and steps is not None:
-                h = h0
+            def masked_step(h: Any, inputs: tuple[Any, Any]) -> Any:
+                return tf.where(inputs[1], cell_step(h, inputs[0]), h)
+
+            if order is not None:
                 for t in range(steps):
-                    h = step(h, (xw[t], keep[t]))
+                    n = tf.reduce_sum(tf.cast(lengths > t, tf.int32))
+                    h = tf.concat([cell_step(h[:n], xw[t, :n]), h[n:]], axis=0)
+                h = tf.gather(h, tf.argsort(order))  # back to the batch's order
+            elif kind in ("unrolled", "packed") and steps is not None:
+                for t in range(steps):
+                    h = masked_step(h, (xw[t], keep[t]))
             else:
-                h = tf.foldl(step, (xw, keep), initializer=h0)
+                h = tf.foldl(masked_step, (xw, keep), initializer=h)
             return h, h, [h]
 
-    return HoistedGRU
+    return ExperimentalGRU
 
 
 @contextlib.contextmanager
@@ -363,7 +387,7 @@ def patched_gru(kind: str | None) -> Iterator[None]:
     import keras
 
     original = keras.layers.GRU
-    keras.layers.GRU = hoisted_gru_class(unroll=kind == "unrolled")
+    keras.layers.GRU = experimental_gru_class(kind)
     try:
         yield
     finally:
@@ -440,7 +464,7 @@ class OursRunner:
             mixed_precision="bfloat16" if "bf16" in parts else "off",
             bucket_by_length="bucket" in parts,
         )
-        gru = "unrolled" if "unrolled" in parts else "hoisted" if "hoisted" in parts else None
+        gru = next((k for k in ("packed", "unrolled", "hoisted") if k in parts), None)
         # The trainer sets the global dtype policy; a built model keeps the one it was built
         # with, so the variants can live side by side.
         with tempfile.TemporaryDirectory() as tmp, patched_gru(gru):
@@ -511,7 +535,8 @@ def table(rows: list[dict[str, Any]], baseline_ms: float | None, plain_ms: float
     for row in rows:
         ms = row.get("ms_per_step")
         if ms is None:
-            lines.append(f"| {row['variant']} | {row['note']} | | | | | |")
+            note = str(row["note"]).replace("|", "/")  # a pipe would end the cell
+            lines.append(f"| {row['variant']} | {note} | | | | | |")
             continue
         to_torch = f"{baseline_ms / ms:.2f}x" if baseline_ms else "n/a"
         to_plain = f"{plain_ms / ms:.2f}x" if plain_ms else "n/a"
@@ -538,7 +563,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--experimental",
         action="store_true",
-        help="add the hoisted-GRU variants: " + ", ".join(EXPERIMENTAL_VARIANTS),
+        help="add the experimental GRU-loop variants: " + ", ".join(EXPERIMENTAL_VARIANTS),
     )
     parser.add_argument(
         "--force_bf16",

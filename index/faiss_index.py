@@ -50,7 +50,7 @@ DEFAULT_PARAMS: dict[str, dict[str, int | float]] = {
         "nprobe": 0,
         "m": 64,
         "nbits": 8,
-        "k_factor": 8,
+        "k_factor": 32,
         "niter": 10,
         "train_size": 0,
         "target_recall": 0.95,

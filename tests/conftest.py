@@ -17,17 +17,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 TINY_TRAIN_FLAGS = [
     "--cnn", "tiny", "--cnn_weights", "none", "--crop_size", "64", "--resize_size", "64",
     "--no_hflip", "--joint_space", "64", "--word_dim", "32", "--batch_size", "50",
-    "--learning_rate", "1e-3", "--seed", "1",
+    "--learning_rate", "2e-3", "--seed", "1", "--cache",
 ]  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo dataset in the Flickr8k layout (200 / 40 / 40 images, 64 px)."""
+    """A small demo dataset in the Flickr8k layout (400 / 40 / 40 images, 64 px)."""
     from training.demo_data import DemoConfig, generate
 
     out = tmp_path_factory.mktemp("demo") / "data"
-    generate(out, DemoConfig(train=200, val=40, test=40, seed=3))
+    generate(out, DemoConfig(train=400, val=40, test=40, seed=3))
     return out
 
 
@@ -49,12 +49,13 @@ def train_flags(data: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def demo_model_dir(demo_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny VSE++ model trained for 2 epochs on the demo set by `training.train`."""
+    """A tiny VSE++ model trained on the small demo set by `training.train` (about 40 s;
+    R@5 around 75-85 both ways on its 40 test images, far above the 12.5 of chance)."""
     from training.train import main
 
     out = tmp_path_factory.mktemp("model") / "tiny"
-    argv = [*train_flags(demo_data_dir), *TINY_TRAIN_FLAGS, "--epochs", "2",
-            "--max_violation_after", "1", "--save_model_path", str(out)]  # fmt: skip
+    argv = [*train_flags(demo_data_dir), *TINY_TRAIN_FLAGS, "--epochs", "5",
+            "--max_violation_after", "2", "--save_model_path", str(out)]  # fmt: skip
     assert main(argv) == 0
     return out
 

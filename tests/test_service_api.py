@@ -1155,3 +1155,29 @@ def test_blocking_load_is_ready_at_once(
     app = create_app(Settings(model_dir=Path("/m"), index_dir=Path("/i"), load_in_background=False))
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
+
+
+def test_demo_model_finds_described_images_and_own_captions(
+    client: TestClient, backend: ServiceBackend
+) -> None:
+    """Through the API, the real demo model retrieves far above chance both ways: a caption's
+    image among the top 5 images, an image's own captions among the top 5 captions."""
+    if backend.name != "demo":
+        pytest.skip("retrieval quality is a property of the real model")
+    index = backend.index
+    n = len(index.image_ids)
+    text_hits = image_hits = 0
+    for row, image_id in enumerate(index.image_ids):
+        query = index.captions_of(row)[0]
+        found = client.post("/search/text", json={"query": query, "k": 5}).json()["results"]
+        text_hits += image_id in [r["image_id"] for r in found]
+        path = index.image_file(image_id)
+        assert path is not None
+        with path.open("rb") as f:
+            caps = client.post(
+                "/search/image", files={"file": (path.name, f, "image/jpeg")}, data={"k": "5"}
+            ).json()["results"]
+        image_hits += image_id in [c["image_id"] for c in caps]
+    chance = 5 / n
+    assert text_hits / n >= max(0.5, 3 * chance), (text_hits, n)
+    assert image_hits / n >= max(0.5, 3 * chance), (image_hits, n)

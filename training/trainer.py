@@ -212,7 +212,10 @@ class Trainer:
                 # Each replica holds the same global loss.
                 return self.strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
-            self._steps[key] = tf.function(step, jit_compile=self.tcfg.jit_compile or None)
+            # Caption widths vary from batch to batch: trace once for any width.
+            self._steps[key] = tf.function(
+                step, jit_compile=self.tcfg.jit_compile or None, reduce_retracing=True
+            )
         else:
             self.model.set_backbone_trainable(finetune or not self._has_pretrained_backbone())
         return self._steps[key]
