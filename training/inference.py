@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from index.embed import embed_images, embed_texts
 from index.encoders import Encoders, load_encoders
 from training.cli import add_data_args, setup_logging
 from training.datasets import SplitData, load_split
@@ -81,17 +81,14 @@ def embed_split(
     encoders: Encoders, split: SplitData, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of a split's images [N, D] and captions [5N, D] with the exported encoders."""
-    images = []
-    paths = split.image_paths
-    for start in tqdm(range(0, len(paths), batch_size), desc="images", unit="batch", disable=None):
-        blobs = [Path(p).read_bytes() for p in paths[start : start + batch_size]]
-        images.append(encoders.encode_image_bytes(blobs))
-    captions = []
-    for start in tqdm(
-        range(0, len(split.captions), batch_size), desc="captions", unit="batch", disable=None
-    ):
-        captions.append(encoders.encode_texts(split.captions[start : start + batch_size])[0])
-    return np.concatenate(images), np.concatenate(captions)
+    images, _, skipped = embed_images(
+        encoders, split.image_ids, split.image_paths, batch_size=batch_size
+    )
+    if skipped:
+        # A dropped image would shift every later row and corrupt Recall@K.
+        names = ", ".join(f"{s['image_id']} ({s['reason']})" for s in skipped[:5])
+        raise SystemExit(f"{len(skipped)} test images cannot be read: {names}")
+    return images, embed_texts(encoders, split.captions, batch_size=batch_size)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
