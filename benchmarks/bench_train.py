@@ -85,7 +85,7 @@ class Sizes:
     n_images: int = 1000  # synthetic images (5 captions each) the batches are drawn from
     pool: int = 16  # distinct batches per pass
     repeats: int = 5  # timed passes over the pool
-    threads: int = 2  # torch.set_num_threads (TF uses its default, all cores)
+    threads: int = 2  # threads of both: torch.set_num_threads, TF's intra- and inter-op pools
     seed: int = 0
 
 
@@ -575,7 +575,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n_images", type=int, default=None, help="synthetic images (1000)")
     parser.add_argument("--vocab_size", type=int, default=8000, help="vocabulary size")
     parser.add_argument("--batch_size", type=int, default=128, help="pairs per step")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="threads of both sides (torch.set_num_threads, TF intra/inter-op; 2 = TF's "
+        "default on this 2-core machine)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the synthetic data")
     parser.add_argument(
         "--wait_load",
@@ -669,6 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
+    tf.config.threading.set_intra_op_parallelism_threads(sizes.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(sizes.threads)
     try:
         data = make_train_data(sizes)
         batch_sets = {b: our_batches(data, sizes, b) for b in (False, True)}
@@ -703,7 +711,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"- {started:%Y-%m-%d %H:%M %Z}; CPU: {info['cpu']}, {info['logical_cores']} logical "
         f"cores ({info['usable_cores']} usable); flags: {flags}; bfloat16 variants "
         + ("run (native AVX512_BF16/AMX)" if bf16_ok else "skipped (no AVX512_BF16/AMX)"),
-        f"- TensorFlow {tf.__version__}, Keras {keras.__version__}, numpy {np.__version__}; "
+        f"- TensorFlow {tf.__version__} ({sizes.threads} intra-/inter-op threads), Keras "
+        f"{keras.__version__}, numpy {np.__version__}; "
         + (
             f"PyTorch {torch_meta['torch']} (numpy {torch_meta['numpy']}, "
             f"{torch_meta['threads']} threads)"
