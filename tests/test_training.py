@@ -305,3 +305,29 @@ def test_word_vectors_initialise_known_words(tmp_path: Path) -> None:
     assert np.all(matrix[0] == 0) and np.all(np.abs(matrix[1]) <= 0.1)
     with pytest.raises(ValueError, match=r"glove\.txt:1"):
         load_word_vectors(glove, vocab, 4)
+
+
+def test_order_embeddings_train_and_validate(tmp_path: Path) -> None:
+    from training.config import ModelConfig, TrainConfig
+    from training.datasets import SplitData
+    from training.images import ImageConfig
+    from training.text import Vocabulary
+    from training.trainer import TrainData, Trainer
+
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "ball", "box", "big", "small"]
+    captions = [" ".join(rng.choice(words, 4)) for _ in range(100)]
+    split = SplitData("train", [f"{i}.jpg" for i in range(20)],
+                      [tmp_path / f"{i}.jpg" for i in range(20)], captions)  # fmt: skip
+    vocab = Vocabulary.build(captions, min_count=1)
+    feats = rng.normal(size=(20, 6)).astype(np.float32)
+    mcfg = ModelConfig(joint_space=8, word_dim=4, vocab_size=len(vocab), precomp_dim=6,
+                       measure="order", use_abs=True)  # fmt: skip
+    tcfg = TrainConfig(epochs=1, batch_size=10, checkpoint_every=0, max_violation=False)
+    data = TrainData(split, split, vocab, ImageConfig(32, 32, "unit"), feats, feats)
+    trainer = Trainer(mcfg, tcfg, data, tmp_path / "run")
+    trainer.export = lambda metrics, epoch: None  # type: ignore[method-assign]  # no backbone
+    best = trainer.fit()
+    assert np.isfinite(best["rsum"])
+    im, cap = trainer.embed_split(split, feats)
+    assert (im >= 0).all() and (cap >= 0).all()  # order embeddings live in the positive orthant
