@@ -1,7 +1,7 @@
 """Training-step throughput (pairs/s) in precomputed-feature mode, against the original PyTorch.
 
     .venv/bin/python benchmarks/bench_train.py --torch_python /tmp/torchvenv/bin/python
-    .venv/bin/python benchmarks/bench_train.py --quick          # seconds, small pool
+    .venv/bin/python benchmarks/bench_train.py --quick          # 4 batches, 2 rounds: minutes
     .venv/bin/python benchmarks/bench_train.py --wait_load 1.5 --json_out train.json
 
 At the paper's sizes (4096-d features, joint space 1024, word 300, one GRU of 1024, batch 128,
@@ -71,6 +71,7 @@ OPTIONS = frozenset({"xla", "bucket", "bf16"})
 EXPERIMENTAL_OPTIONS = frozenset({"hoisted", "unrolled", "packed"})  # experimental_gru_class
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 TORCH = "PyTorch original (fartashf/vsepp)"
+QUIET_CORES = 0.75  # a round counts when every variant kept this share of the threads busy
 
 
 @dataclass(frozen=True)
@@ -323,11 +324,15 @@ def experimental_gru_class(kind: str) -> type:
     - "packed": unrolled, with the batch sorted by length so that step t runs on the captions
       still going only, as pack_padded_sequence does in the original (no XLA: the active
       batch shrinks step by step).
+
+    The unrolled loops need a static length: the trainer's step is traced with
+    reduce_retracing, so once it has seen two caption widths (bucketed batches) it traces
+    for any width and these fall back to the masked tf.foldl.
     """
     import keras
     import tensorflow as tf
 
-    class ExperimentalGRU(keras.layers.GRU):  # type: ignore[misc]
+    class ExperimentalGRU(keras.layers.GRU):
         def inner_loop(
             self, sequences: Any, initial_state: Any, mask: Any, training: bool = False
         ) -> Any:
@@ -525,31 +530,107 @@ def wait_for_load(limit: float, max_wait_s: float, poll_s: float = 15.0) -> floa
     return load
 
 
-def table(rows: list[dict[str, Any]], baseline_ms: float | None, plain_ms: float | None) -> str:
-    """Markdown: variant, ms/step, pairs/s, ratios to PyTorch and to our plain step, and how
-    many cores the step kept busy (CPU time / wall time; about 2 on an idle 2-core machine)."""
+def quiet_rounds(rows: list[dict[str, Any]], threads: int) -> list[int]:
+    """The timed rounds in which every variant kept at least 0.75 x threads cores busy.
+
+    In a round where another job took CPU, a step's wall time grows past its CPU time / cores
+    (and the original's OpenMP threads spin, inflating its time most): those rounds are not
+    a measurement of the code.
+    """
+    timed = [r["passes"] for r in rows if r.get("passes")]
+    if not timed:
+        return []
+    return [
+        k
+        for k in range(min(len(p) for p in timed))
+        if all(p[k]["cpu_ms"] >= QUIET_CORES * threads * p[k]["ms"] for p in timed)
+    ]
+
+
+def table(rows: list[dict[str, Any]], rounds: list[int], batch_size: int) -> str:
+    """Markdown: variant, ms/step and pairs/s (medians over `rounds`), ratios to PyTorch and
+    to our plain step, mean padded length, and cores busy (CPU time / wall time)."""
+
+    def stat(row: dict[str, Any], key: str) -> float:
+        return statistics.median(row["passes"][k][key] for k in rounds)
+
+    ms_of = {r["variant"]: stat(r, "ms") for r in rows if r.get("passes")}
+    baseline_ms, plain_ms = ms_of.get(TORCH), ms_of.get("plain")
     lines = [
         "| variant | ms/step | pairs/s | vs PyTorch | vs our plain | padded length | cores busy |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        ms = row.get("ms_per_step")
-        if ms is None:
+        if not row.get("passes"):
             note = str(row["note"]).replace("|", "/")  # a pipe would end the cell
             lines.append(f"| {row['variant']} | {note} | | | | | |")
             continue
+        ms = ms_of[row["variant"]]
         to_torch = f"{baseline_ms / ms:.2f}x" if baseline_ms else "n/a"
         to_plain = f"{plain_ms / ms:.2f}x" if plain_ms else "n/a"
         lines.append(
-            f"| {row['variant']} | {ms:.0f} | {row['pairs_per_s']:.0f} | {to_torch} | {to_plain} "
-            f"| {row['mean_padded_length']:.1f} | {row['cpu_ms_per_step'] / ms:.2f} |"
+            f"| {row['variant']} | {ms:.0f} | {1000.0 * batch_size / ms:.0f} | {to_torch} "
+            f"| {to_plain} | {row['mean_padded_length']:.1f} | {stat(row, 'cpu_ms') / ms:.2f} |"
         )
     return "\n".join(lines)
 
 
+def render(report: dict[str, Any]) -> str:
+    """The header lines (date, machine, versions, sizes, load) and the table of a report."""
+    info, sizes, rows = report["machine"], report["sizes"], report["rows"]
+    repeats, threads = sizes["repeats"], sizes["threads"]
+    quiet = quiet_rounds(rows, threads)
+    rounds = quiet or list(range(repeats))
+    torch_row = next((r for r in rows if r["variant"] == TORCH and r.get("passes")), None)
+    bf16_ok = any(f in info["flags"] for f in BF16_FLAGS)
+    flags = ", ".join(info["flags"]) or "none of avx2/avx512/bf16/amx"
+    versions = report["versions"]
+    if not quiet:
+        how = (
+            f"median of all {repeats} rounds: NO quiet round (other jobs took CPU throughout), "
+            "so the ratios to PyTorch are not reliable"
+        )
+    elif len(quiet) < repeats:
+        how = (
+            f"median of the {len(quiet)} quiet rounds of {repeats} (rounds "
+            f"{', '.join(str(k + 1) for k in quiet)}: every variant kept >= "
+            f"{QUIET_CORES * threads:.1f} cores busy; the others, disturbed by other jobs, "
+            "are left out here and kept in the JSON)"
+        )
+    else:
+        how = f"median of {repeats} rounds, all quiet"
+    load = report["load_at_start"], report["load_at_end"]
+    lines = [
+        f"- {dt.datetime.fromisoformat(report['date']):%Y-%m-%d %H:%M %Z}; CPU: {info['cpu']}, "
+        f"{info['logical_cores']} logical cores ({info['usable_cores']} usable); flags: "
+        f"{flags}; bfloat16 variants "
+        + ("run (native AVX512_BF16)" if bf16_ok else "skipped (no AVX512_BF16/AMX)"),
+        f"- TensorFlow {versions['tensorflow']} ({threads} intra-/inter-op threads), Keras "
+        f"{versions['keras']}, numpy {info['numpy']}; "
+        + (
+            f"PyTorch {torch_row['torch']} (numpy {torch_row['numpy']}, "
+            f"{torch_row['threads']} threads)"
+            if torch_row
+            else f"PyTorch baseline unavailable: {report['torch_error']}"
+        ),
+        f"- sizes: features {sizes['precomp_dim']}, joint {sizes['joint_space']}, word "
+        f"{sizes['word_dim']}, vocabulary {sizes['vocab_size']}, batch {sizes['batch_size']}, "
+        f"captions {CAPTION_MIN}-{CAPTION_MAX} tokens; {sizes['pool']} batches per pass, one "
+        f"warm-up pass, then {repeats} interleaved rounds of one pass per variant",
+        f"- {how}",
+        "- load average (1/5/15 min) at start "
+        + "/".join(f"{x:.2f}" for x in load[0])
+        + ", at end "
+        + "/".join(f"{x:.2f}" for x in load[1]),
+    ]
+    return "\n".join(lines) + "\n\n" + table(rows, rounds, sizes["batch_size"])
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small pool, 2 passes: seconds")
+    parser.add_argument(
+        "--quick", action="store_true", help="4 batches, 2 rounds: a couple of minutes"
+    )
     parser.add_argument(
         "--torch_python",
         default="/tmp/torchvenv/bin/python",
@@ -591,6 +672,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--wait_max", type=float, default=600.0, help="longest wait, seconds")
     parser.add_argument("--json_out", default=None, help="write every measurement as JSON here")
+    parser.add_argument(
+        "--from_json", default=None, help="print the table of an earlier --json_out, no run"
+    )
     parser.add_argument(
         "--torch-only", dest="torch_only", action="store_true", help=argparse.SUPPRESS
     )
@@ -638,6 +722,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.torch_only:
         sizes = Sizes(**json.loads(args.sizes)) if args.sizes else sizes_from(args)
         torch_worker(sizes, args.serve)
+        return 0
+    if args.from_json:
+        print(render(json.loads(Path(args.from_json).read_text())))
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -694,7 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for name, res in results.items():
         res["variant"] = name
-        res["pairs_per_s"] = 1000.0 * sizes.batch_size / res["ms_per_step"]
+        res["pairs_per_s"] = 1000.0 * sizes.batch_size / res["ms_per_step"]  # all rounds
     rows = [results[TORCH]] if TORCH in results else []
     if torch_error:
         rows.append({"variant": TORCH, "note": f"unavailable: {torch_error}"})
@@ -703,48 +790,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append({"variant": variant, "note": "skipped: no avx512_bf16/amx on this CPU"})
         else:
             rows.append(results[variant])
-    baseline_ms = results[TORCH]["ms_per_step"] if TORCH in results else None
-    plain_ms = results["plain"]["ms_per_step"] if "plain" in results else None
-    torch_meta = results.get(TORCH)
-    flags = ", ".join(info["flags"]) or "none of avx2/avx512/bf16/amx"
-    header = [
-        f"- {started:%Y-%m-%d %H:%M %Z}; CPU: {info['cpu']}, {info['logical_cores']} logical "
-        f"cores ({info['usable_cores']} usable); flags: {flags}; bfloat16 variants "
-        + ("run (native AVX512_BF16/AMX)" if bf16_ok else "skipped (no AVX512_BF16/AMX)"),
-        f"- TensorFlow {tf.__version__} ({sizes.threads} intra-/inter-op threads), Keras "
-        f"{keras.__version__}, numpy {np.__version__}; "
-        + (
-            f"PyTorch {torch_meta['torch']} (numpy {torch_meta['numpy']}, "
-            f"{torch_meta['threads']} threads)"
-            if torch_meta
-            else f"PyTorch baseline unavailable: {torch_error}"
-        ),
-        f"- sizes: features {sizes.precomp_dim}, joint {sizes.joint_space}, word "
-        f"{sizes.word_dim}, vocabulary {sizes.vocab_size}, batch {sizes.batch_size}, captions "
-        f"{CAPTION_MIN}-{CAPTION_MAX} tokens; {sizes.pool} batches per pass, median of "
-        f"{sizes.repeats} interleaved passes after one warm-up pass",
-        "- load average (1/5/15 min) at start "
-        + "/".join(f"{x:.2f}" for x in load_at_start)
-        + ", at end "
-        + "/".join(f"{x:.2f}" for x in load_at_end),
-    ]
-    print("\n".join(header))
-    print()
-    print(table(rows, baseline_ms, plain_ms))
+    report = {
+        "date": started.isoformat(),
+        "machine": info,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "sizes": asdict(sizes),
+        "load_before_wait": load_before,
+        "load_at_start": load_at_start,
+        "load_at_end": load_at_end,
+        "torch_error": torch_error,
+        "quiet_rounds": quiet_rounds(rows, sizes.threads),
+        "rows": rows,
+    }
+    print(render(report))
     if args.json_out:
-        out = {
-            "date": started.isoformat(),
-            "machine": info,
-            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
-            "sizes": asdict(sizes),
-            "load_before_wait": load_before,
-            "load_at_start": load_at_start,
-            "load_at_end": load_at_end,
-            "torch_error": torch_error,
-            "baseline_ms_per_step": baseline_ms,
-            "rows": rows,
-        }
-        Path(args.json_out).write_text(json.dumps(out, indent=2))
+        Path(args.json_out).write_text(json.dumps(report, indent=2))
     return 0
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from tqdm import tqdm
 
 from index.atomic import atomic_directory, old_prefix
 from index.faiss_index import apply_search_params, exact_vectors, keeps_exact_vectors
@@ -227,7 +228,7 @@ def write_index_dir(
             ],
         )
         (tmp / IMAGES_DIR).mkdir()
-        for r in image_records:
+        for r in tqdm(image_records, desc="image files", unit="img", disable=None):
             if r.path is None:
                 continue
             if r.image_id in image_files:
