@@ -184,6 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip_incomplete=args.skip_incomplete,
     )
     encoders = load_encoders(args.model_dir)
+    measure = encoders.manifest.get("measure", "cosine")
+    if measure != "cosine":
+        # Order embeddings rank by order violation, which no FAISS metric computes.
+        raise SystemExit(
+            f"{args.model_dir} was trained with --measure {measure}; the index searches by "
+            "inner product (cosine on normalised vectors): index a --measure cosine model"
+        )
     facts = encoders.facts() if hasattr(encoders, "facts") else {"model_hash": encoders.model_hash}
     manifest = build_from_split(
         split,

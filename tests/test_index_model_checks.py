@@ -1,0 +1,32 @@
+"""index.build refuses a model whose similarity FAISS cannot search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import demo_flags
+
+
+def test_an_order_embedding_model_is_refused(demo_data_dir: Path, tmp_path: Path) -> None:
+    from index.build import main
+    from training.config import ModelConfig
+    from training.export import export_model
+    from training.images import ImageConfig
+    from training.model import VSEModel
+    from training.text import Vocabulary
+
+    vocab = Vocabulary.build(["a red ball"] * 4)
+    cfg = ModelConfig(cnn="tiny", cnn_weights="none", image_size=32, resize_size=32,
+                      joint_space=8, word_dim=4, vocab_size=len(vocab), measure="order",
+                      use_abs=True)  # fmt: skip
+    model = VSEModel.build(cfg)
+    export_model(tmp_path / "m", model.image_encoder, model.text_encoder, vocab, cfg,
+                 ImageConfig(32, 32, "unit"))  # fmt: skip
+    argv = [*demo_flags(demo_data_dir), "--model_dir", str(tmp_path / "m"),
+            "--imgs_file_path", str(demo_data_dir / "Flickr_8k.testImages.txt"),
+            "--out", str(tmp_path / "index")]  # fmt: skip
+    with pytest.raises(SystemExit, match="--measure order"):
+        main(argv)
+    assert not (tmp_path / "index").exists()
