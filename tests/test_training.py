@@ -331,3 +331,60 @@ def test_order_embeddings_train_and_validate(tmp_path: Path) -> None:
     assert np.isfinite(best["rsum"])
     im, cap = trainer.embed_split(split, feats)
     assert (im >= 0).all() and (cap >= 0).all()  # order embeddings live in the positive orthant
+
+
+@pytest.mark.parametrize("cnn", ["resnet50", "resnet152", "vgg19", "mobilenet_v3_large"])
+def test_keras_applications_backbones_build_and_embed(cnn: str) -> None:
+    from training.backbones import build_backbone, preprocess_for
+
+    size = 224 if cnn == "vgg19" else 64  # VGG19's fc7 needs the 224 input
+    backbone = build_backbone(cnn, "none", size)
+    feats = backbone.model(np.zeros((1, size, size, 3), np.float32), training=False)
+    assert feats.shape == (1, backbone.feature_dim)
+    assert backbone.feature_dim == {"resnet50": 2048, "resnet152": 2048, "vgg19": 4096,
+                                    "mobilenet_v3_large": 960}[cnn]  # fmt: skip
+    assert backbone.preprocess == preprocess_for(cnn)
+
+
+def test_finetune_after_freezes_then_trains_the_backbone_in_inference_mode(
+    tmp_path: Path,
+) -> None:
+    from training.config import ModelConfig, TrainConfig
+    from training.datasets import SplitData
+    from training.images import ImageConfig
+    from training.text import Vocabulary
+    from training.trainer import TrainData, Trainer
+
+    rng = np.random.default_rng(0)
+    captions = [" ".join(rng.choice(["a", "red", "blue", "ball", "box"], 4)) for _ in range(40)]
+    split = SplitData("train", [f"{i}.jpg" for i in range(8)],
+                      [tmp_path / f"{i}.jpg" for i in range(8)], captions)  # fmt: skip
+    vocab = Vocabulary.build(captions, min_count=1)
+    mcfg = ModelConfig(cnn="resnet50", cnn_weights="none", image_size=32, resize_size=32,
+                       joint_space=8, word_dim=4, vocab_size=len(vocab))  # fmt: skip
+    tcfg = TrainConfig(batch_size=8, learning_rate=1e-2, finetune_after=1, grad_clip=0)
+    trainer = Trainer(mcfg, tcfg, TrainData(split, split, vocab, ImageConfig(32, 32, "caffe")),
+                      tmp_path / "run")  # fmt: skip
+    backbone = trainer.model.image_encoder.get_layer("resnet50")
+    tokens = [vocab.encode(c) for c in captions[:8]]
+    batch = {
+        "image": rng.normal(size=(8, 32, 32, 3)).astype(np.float32) * 50,
+        "tokens": np.array([t + [0] * (6 - len(t)) for t in tokens], np.int32),
+    }
+
+    def state() -> tuple[list[np.ndarray], list[np.ndarray]]:
+        learned = [v.numpy().copy() for v in backbone.weights if "moving" not in v.path]
+        stats = [v.numpy().copy() for v in backbone.weights if "moving" in v.path]
+        return learned, stats
+
+    weights0, stats0 = state()
+    head0 = trainer.model.image_encoder.get_layer("img_fc").kernel.numpy().copy()
+    trainer.train_step(batch, epoch=0)  # stage one: the backbone stays frozen
+    weights1, _ = state()
+    assert all(np.array_equal(a, b) for a, b in zip(weights0, weights1, strict=True))
+    assert not np.array_equal(head0, trainer.model.image_encoder.get_layer("img_fc").kernel)
+    trainer.train_step(batch, epoch=1)  # stage two: fine-tuning
+    weights2, stats2 = state()
+    assert any(not np.array_equal(a, b) for a, b in zip(weights1, weights2, strict=True))
+    # Batch-norm statistics of a pretrained backbone never move, even while fine-tuned.
+    assert stats0 and all(np.array_equal(a, b) for a, b in zip(stats0, stats2, strict=True))

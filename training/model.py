@@ -120,10 +120,19 @@ class VSEModel:
         return [*self.image_encoder.trainable_variables, *self.text_encoder.trainable_variables]
 
     def set_backbone_trainable(self, trainable: bool) -> None:
-        """Switch fine-tuning of a pretrained backbone on or off (the paper's second stage)."""
+        """Switch fine-tuning of a pretrained backbone on or off (the paper's second stage).
+
+        Its batch-norm layers stay frozen, which in Keras also keeps them in inference mode:
+        a functional model's outer `training=True` would override the `training=False` its
+        backbone was built with, and small batches would overwrite ImageNet's statistics.
+        """
         for layer in self.image_encoder.layers:
             if isinstance(layer, keras.Model):
                 layer.trainable = trainable
+                if trainable and self.config.cnn != "tiny":
+                    for sub in _all_layers(layer):
+                        if isinstance(sub, keras.layers.BatchNormalization):
+                            sub.trainable = False
 
     def embed(
         self, image_input: tf.Tensor, tokens: tf.Tensor, training: bool
@@ -132,6 +141,16 @@ class VSEModel:
             self.image_encoder(image_input, training=training),
             self.text_encoder(tokens, training=training),
         )
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer inside `model`, nested models included."""
+    out: list[keras.layers.Layer] = []
+    for layer in model.layers:
+        out.append(layer)
+        if isinstance(layer, keras.Model):
+            out.extend(_all_layers(layer))
+    return out
 
 
 def load_word_vectors(path: str | Path, vocab: Vocabulary, dim: int) -> np.ndarray:
