@@ -58,6 +58,7 @@ DEFAULT_PARAMS: dict[str, dict[str, int | float]] = {
 }
 MAX_EF_SEARCH = 2048  # tuning stops here: beyond it HNSW is slower than a flat scan
 TUNE_QUERIES = 300  # queries used to tune efSearch / nprobe
+PLATEAU = 0.001  # a doubling that gains less recall than this ends the tuning
 RECALL_NOISE = 0.5  # query = data point + noise of this relative norm (cos ~ 0.89)
 
 
@@ -342,29 +343,43 @@ def tune_search(
 ) -> tuple[int, float]:
     """Smallest power of two for `name` (efSearch / nprobe) reaching `target_recall`.
 
-    Tuned on queries drawn with ``seed + 1`` so that `measure_recall(seed=seed)` reports
-    the recall on queries the tuning did not see. Returns (value, recall at that value).
+    Stops early, at the last value that gained anything, when doubling no longer raises
+    recall (an IVF-PQ limited by its codes and k_factor, not by nprobe). Tuned on queries
+    drawn with ``seed + 1`` so that `measure_recall(seed=seed)` reports the recall on
+    queries the tuning did not see. Returns (value, recall at that value).
     """
     queries = sample_queries(vectors, n_queries, seed=seed + 1)
     _, truth = exact_search(queries, vectors, k)
     value = 16 if name == "efSearch" else 1
+    best: tuple[int, float] | None = None
+    why = ""
     while True:
         value = min(value, max_value)
         set_search_param(index, name, value)
         _, found = index.search(queries, truth.shape[1])
         recall = recall_at_k(found, truth)
         log.info("tuning %s=%d: recall@%d %.3f", name, value, k, recall)
-        if recall >= target_recall or value >= max_value:
+        if best is not None and recall - best[1] < PLATEAU:
+            value, recall = best
+            set_search_param(index, name, value)
+            why = "recall stopped improving"
+            break
+        best = (value, recall)
+        if recall >= target_recall:
+            break
+        if value >= max_value:
+            why = "the cap"
             break
         value *= 2
     if recall < target_recall:
         log.warning(
-            "%s=%d (the cap) reaches recall@%d %.3f < target %.2f",
+            "%s=%d reaches recall@%d %.3f < target %.2f (%s)",
             name,
             value,
             k,
             recall,
             target_recall,
+            why,
         )
     return value, round(recall, 4)
 

@@ -71,6 +71,16 @@ def test_approximate_recall_meets_target(index_type: str) -> None:
     assert not info["exact"]
 
 
+def test_tuning_stops_when_recall_plateaus(caplog: pytest.LogCaptureFixture) -> None:
+    """Few PQ candidates re-ranked: more probes cannot help, so tuning stops early."""
+    x = clustered_vectors(2000, 32, seed=3)
+    _, info = build_index(x, "ivfpq", m=8, nbits=4, k_factor=1)
+    assert info["params"]["nlist"] == 51
+    assert info["params"]["nprobe"] < 51
+    assert info["tuned_recall_at_10"] < 0.95
+    assert "recall stopped improving" in caplog.text
+
+
 def test_ivf_parameters_recorded() -> None:
     x = unit_vectors(2000, 16, seed=4)
     _, info = build_index(x, "ivf", nprobe=4)
