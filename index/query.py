@@ -75,13 +75,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m index.query", description="Search an index.")
     p.add_argument("--model_dir", required=True, help="exported model the index was built with")
     p.add_argument("--index", required=True, type=Path, help="index directory")
-    what = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("query", nargs="?", help="caption query: find images (same as --text)")
+    what = p.add_mutually_exclusive_group()
     what.add_argument("--text", help="caption query: find images")
     what.add_argument("--image", type=Path, help="image file query: find captions")
     p.add_argument("-k", type=int, default=10, help="number of results")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no_mmap", action="store_true", help="read the index into memory")
     args = p.parse_args(argv)
+    if args.query is not None:
+        if args.text is not None or args.image is not None:
+            p.error("give the query once: as text, --text or --image")
+        args.text = args.query
+    if args.text is None and args.image is None:
+        p.error("give a caption to find images, or --image PATH to find captions")
     if args.k < 1:
         p.error(f"-k={args.k}: must be at least 1")
     if args.text is not None and not args.text.strip():

@@ -30,3 +30,15 @@ def test_an_order_embedding_model_is_refused(demo_data_dir: Path, tmp_path: Path
     with pytest.raises(SystemExit, match="--measure order"):
         main(argv)
     assert not (tmp_path / "index").exists()
+
+
+def test_query_takes_the_caption_as_a_positional_argument() -> None:
+    from index.query import parse_args
+
+    args = parse_args(["--index", "i", "--model_dir", "m", "a dog runs on the grass"])
+    assert args.text == "a dog runs on the grass" and args.image is None
+    assert parse_args(["--index", "i", "--model_dir", "m", "--image", "x.jpg"]).text is None
+    for bad in (["--index", "i", "--model_dir", "m"],
+                ["--index", "i", "--model_dir", "m", "a dog", "--image", "x.jpg"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            parse_args(bad)
