@@ -260,6 +260,10 @@ def sweep(
     return out
 
 
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _mb(b: float) -> str:
     return f"{b / 2**20:,.0f}"
 
@@ -291,7 +295,7 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
             lines.append(
                 f"| {r['type']} | {params} | {r['build_s']:.1f} | {r['p50_ms']:.2f} "
                 f"| {r['p95_ms']:.2f} | {r.get('speedup_p50', float('nan')):.1f}x "
-                f"| {r['qps_batch']:,.0f} | {r['recall_at_10']:.3f} | {r['recall_at_1']:.3f} "
+                f"| {r['qps_batch']:,.0f} | {r['recall_at_10']:.3f} | {_num(r.get('recall_at_1'))} "
                 f"| {_mb(r['index_bytes'])} "
                 f"| {_mb(r['rss_delta_bytes'])} | {r.get('size_ratio', float('nan')):.2f} |"
             )

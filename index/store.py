@@ -383,7 +383,11 @@ def read_faiss(path: Path, index_type: str, *, mmap: bool) -> tuple[faiss.Index,
 
 
 class LoadedIndex:
-    """The FAISS indexes of one index directory and their metadata, ready to search."""
+    """The FAISS indexes of one index directory and their metadata, ready to search.
+
+    Read-only: `search_images` / `search_captions` may be called from several threads at
+    once (FAISS CPU search does not modify the index). `vectors` is for offline use.
+    """
 
     def __init__(
         self,
@@ -499,7 +503,10 @@ class LoadedIndex:
         return [self.captions[j] for j in self.caption_rows_of(image_row)]
 
     def vectors(self, side: str) -> np.ndarray:
-        """The exact vectors of `side` ("images" / "captions"): reconstructed or from .npy."""
+        """The exact vectors of `side` ("images" / "captions"): reconstructed or from .npy.
+
+        Not thread-safe for IVF (it builds a temporary id map on the index).
+        """
         if side not in SIDES:
             raise ValueError(f"side={side!r}: expected one of {SIDES}")
         name = self.manifest[side].get("vectors_file")

@@ -59,6 +59,10 @@ def load_objects(
             settings.model_dir,
             time.perf_counter() - start,
         )
+    if settings.faiss_threads:
+        import faiss
+
+        faiss.omp_set_num_threads(settings.faiss_threads)
     if index is None:
         if settings.index_dir is None:
             raise RuntimeError("no index: set VSEPP_INDEX_DIR (or pass --index_dir)")
