@@ -155,7 +155,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_comparison(result))
     if args.metrics_out is not None:
         args.metrics_out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"index": str(args.index), "model_hash": loaded.model_hash, **result}
+        # The exact metrics at the top level, as training.inference writes them; what the
+        # approximate index itself gives, and the difference, beside them.
+        payload = {
+            "index": str(args.index),
+            "model_hash": loaded.model_hash,
+            **result["exact"],
+            **result,
+        }
         args.metrics_out.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
         log.info("wrote %s", args.metrics_out)
     return 0

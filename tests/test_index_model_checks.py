@@ -42,3 +42,24 @@ def test_query_takes_the_caption_as_a_positional_argument() -> None:
                 ["--index", "i", "--model_dir", "m", "a dog", "--image", "x.jpg"]):  # fmt: skip
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_index_evaluate_equals_training_inference_on_the_demo_model(
+    demo_model_dir: Path, demo_index_dir: Path, demo_data_dir: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from index.evaluate import main as evaluate_main
+    from training.inference import main as inference_main
+
+    ours, theirs = tmp_path / "index.json", tmp_path / "inference.json"
+    assert evaluate_main(["--index", str(demo_index_dir), "--metrics_out", str(ours)]) == 0
+    argv = [*demo_flags(demo_data_dir), "--checkpoint_path", str(demo_model_dir),
+            "--test_imgs_file_path", str(demo_data_dir / "Flickr_8k.testImages.txt"),
+            "--metrics_out", str(theirs)]  # fmt: skip
+    assert inference_main(argv) == 0
+    a, b = json.loads(ours.read_text()), json.loads(theirs.read_text())
+    for way in ("i2t", "t2i"):
+        for key in ("r1", "r5", "r10", "medr", "meanr"):
+            assert a[way][key] == pytest.approx(b[way][key], abs=1e-6), (way, key)
+    assert a["rsum"] == pytest.approx(b["rsum"], abs=1e-6)
