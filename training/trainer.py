@@ -203,9 +203,11 @@ class Trainer:
         return loss
 
     def _step_fn(self, max_violation: bool, finetune: bool) -> Callable[..., Any]:
+        """The compiled step of one training phase (loss kind, backbone frozen or not)."""
+        # The trainable set is read when the step is traced, and again at every call.
+        self.model.set_backbone_trainable(finetune or not self._has_pretrained_backbone())
         key = (max_violation, finetune)
         if key not in self._steps:
-            self.model.set_backbone_trainable(finetune or not self._has_pretrained_backbone())
 
             def step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
                 per_replica = self.strategy.run(self._replica_step, args=(batch, max_violation))
@@ -216,8 +218,6 @@ class Trainer:
             self._steps[key] = tf.function(
                 step, jit_compile=self.tcfg.jit_compile or None, reduce_retracing=True
             )
-        else:
-            self.model.set_backbone_trainable(finetune or not self._has_pretrained_backbone())
         return self._steps[key]
 
     def train_step(self, batch: dict[str, tf.Tensor], epoch: int) -> float:
