@@ -20,9 +20,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from index.encoders import MODEL_FORMAT, read_model_manifest
+from index.encoders import MODEL_FORMAT
 from training.config import ModelConfig
-from training.images import ImageConfig, decode_image, eval_image_transform
+from training.images import ImageConfig, eval_image_transform, eval_images_from_bytes
 from training.text import END, START, UNK, Vocabulary, tf_tokenize, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,7 @@ class ImageEncoderModule(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def encode_bytes(self, blobs: tf.Tensor) -> tf.Tensor:
-        images = tf.map_fn(
-            lambda b: eval_image_transform(decode_image(b), self._cfg),
-            blobs,
-            fn_output_signature=self._spec,
-        )
-        return self._embed(images)
+        return self._embed(eval_images_from_bytes(blobs, self._cfg))
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
     def encode_array(self, images: tf.Tensor) -> tf.Tensor:
@@ -141,13 +136,6 @@ def export_model(
     _remove_old_exports(exports, keep=name)
     log.info("exported encoders to %s", final)
     return final
-
-
-def update_manifest(model_dir: str | os.PathLike[str], **fields: Any) -> None:
-    """Add fields (e.g. final test metrics) to an existing manifest, atomically."""
-    manifest = read_model_manifest(model_dir)
-    manifest.update(fields)
-    write_json_atomic(Path(model_dir) / "manifest.json", manifest)
 
 
 def hash_tree(root: Path) -> str:
