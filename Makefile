@@ -1,4 +1,5 @@
-# The README's two commands: `make demo` (the main job) and `make test` (lint, types, tests).
+# The README's two commands: `make demo` (the main job) and `make test` (lint, types, layering,
+# tests).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -20,7 +21,8 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy index service
+	$(VENV)/bin/mypy vsepp training index service
+	$(VENV)/bin/lint-imports
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: lint

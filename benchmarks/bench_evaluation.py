@@ -3,7 +3,7 @@
     python benchmarks/bench_evaluation.py            # 1K and 5K at D=1024 (naive 5K: minutes)
     python benchmarks/bench_evaluation.py --quick    # small sizes, seconds
 
-Prints a markdown table: wall time of ``training.evaluation.evaluate`` (both directions and
+Prints a markdown table: wall time of ``vsepp.evaluation.evaluate`` (both directions and
 the metrics) and of a transcription of fartashf/vsepp's ``i2t``/``t2i`` loops on the same
 seeded embeddings, their ratio, whether the ranks agree, and the vectorised peak memory.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluation import (
+from vsepp.evaluation import (
     CAPTIONS_PER_IMAGE,
     DEFAULT_MAX_BYTES,
     evaluate,

@@ -277,7 +277,7 @@ def time_forward_passes(
 
     from PIL import Image
 
-    from index.encoders import load_encoders
+    from vsepp.model_dir import load_encoders
 
     encoders = load_encoders(model_dir)
     with Image.open(io.BytesIO(images[0][1])) as image:

@@ -413,10 +413,10 @@ def valid_variant(name: str) -> bool:
 
 def make_train_data(sizes: Sizes) -> Any:
     """The synthetic pairs as the trainer's TrainData (captions as words w4..w{V-1})."""
-    from training.datasets import SplitData
     from training.images import ImageConfig
     from training.text import RESERVED, Vocabulary
     from training.trainer import TrainData
+    from vsepp.datasets import SplitData
 
     feats, captions = synthetic_pairs(sizes)
     vocab = Vocabulary([*RESERVED, *(f"w{i}" for i in range(4, sizes.vocab_size))], 1)

@@ -56,7 +56,7 @@ fi
 data_ready() { [ -f "$TEXTS_PATH" ] && [ -f "$TRAIN_SPLIT" ] && [ -f "$TEST_SPLIT" ]; }
 
 model_ready() {
-    "$PYTHON" -c 'import sys; from index.encoders import read_model_manifest as r; r(sys.argv[1])' \
+    "$PYTHON" -c 'import sys; from vsepp.model_dir import read_model_manifest as r; r(sys.argv[1])' \
         "$RUN_DIR" 2>/dev/null
 }
 
@@ -64,7 +64,7 @@ model_ready() {
 index_ready() {
     "$PYTHON" - "$RUN_DIR" "$INDEX_DIR" <<'PY' 2>/dev/null
 import sys
-from index.encoders import read_model_manifest
+from vsepp.model_dir import read_model_manifest
 from index.store import load_index
 load_index(sys.argv[2], expected_model_hash=read_model_manifest(sys.argv[1])["content_hash"])
 PY

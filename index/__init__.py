@@ -11,6 +11,7 @@ from index.store import (
     IndexFileMissingError,
     LoadedIndex,
     ModelMismatchError,
+    check_built_with,
     load_index,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "LoadedIndex",
     "ModelMismatchError",
     "build_index",
+    "check_built_with",
     "load_index",
     "measure_recall",
 ]

@@ -1,7 +1,7 @@
-"""Model-free core of `index.build`: vectors + ids + captions in, an index directory out.
+"""Building an index directory: vectors + ids + captions in, an index directory out.
 
-The programs (`index.build`, `index.add`) embed with the model and call these; tests call
-them directly with synthetic vectors.
+`build_index_dir` is model-free (tests call it with synthetic vectors); `build_from_split`
+embeds a dataset split with a model first. The program is `python -m index.build`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -25,6 +26,9 @@ from index.store import (
     check_image_id,
     write_index_dir,
 )
+from vsepp.datasets import SplitData
+from vsepp.embed import embed_images, embed_texts
+from vsepp.model_dir import EncodersLike
 
 log = logging.getLogger(__name__)
 
@@ -145,4 +149,69 @@ def build_index_dir(
         source=source,
         skipped_images=skipped_images,
         extra=extra,
+    )
+
+
+def require_cosine(model_manifest: Mapping[str, Any]) -> None:
+    """Refuse a model FAISS cannot search: order embeddings rank by order violation, which no
+    FAISS metric computes (the index searches by inner product, cosine on unit vectors)."""
+    measure = model_manifest.get("measure", "cosine")
+    if measure != "cosine":
+        raise ValueError(
+            f"the model was trained with --measure {measure}; the index searches by inner "
+            "product (cosine on normalised vectors): index a --measure cosine model"
+        )
+
+
+def build_from_split(
+    split: SplitData,
+    encoders: EncodersLike,
+    out: Path,
+    *,
+    index_type: str = "auto",
+    params: dict[str, Any] | None = None,
+    batch_size: int = 32,
+    copy_images: bool = True,
+    seed: int = 0,
+    recall_queries: int = RECALL_QUERIES,
+    source: dict[str, Any] | None = None,
+    model_facts: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Embed `split` with `encoders` and write the index directory `out`; its manifest."""
+    require_cosine(encoders.manifest)
+    if not split.image_ids:
+        raise ValueError(f"split {split.name!r} has no images: nothing to index")
+    vectors, kept, skipped = embed_images(
+        encoders, split.image_ids, split.image_paths, batch_size=batch_size
+    )
+    if not kept:
+        raise ValueError(
+            f"split {split.name!r}: none of its {len(split.image_ids)} images could be embedded "
+            f"(first: {skipped[0]['image_id']}: {skipped[0]['reason']})"
+        )
+    k = split.captions_per_image
+    images = [
+        NewImage(split.image_ids[i], Path(split.image_paths[i]) if copy_images else None)
+        for i in kept
+    ]
+    captions = [
+        NewCaption(split.image_ids[i], text)
+        for i in kept
+        for text in split.captions[k * i : k * i + k]
+    ]
+    caption_vectors = embed_texts(encoders, [c.text for c in captions], batch_size=8 * batch_size)
+    return build_index_dir(
+        out,
+        vectors,
+        images,
+        caption_vectors,
+        captions,
+        model_hash=encoders.model_hash,
+        index_type=index_type,
+        params=params,
+        seed=seed,
+        recall_queries=recall_queries,
+        source={"split": split.name, "captions_per_image": k, **(source or {})},
+        skipped_images=skipped,
+        extra={"model": model_facts} if model_facts else None,
     )

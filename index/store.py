@@ -32,8 +32,8 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from index.atomic import atomic_directory, old_prefix
 from index.faiss_index import apply_search_params, exact_vectors, keeps_exact_vectors
+from vsepp.atomic import atomic_directory, old_prefix
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ SIDES = ("images", "captions")
 _LOAD_ATTEMPTS = 3  # re-reads when a writer swapped the directory while we were loading
 
 
-class IndexDirError(Exception):
+class IndexDirError(ValueError):
     """An index directory that cannot be used; the message names the file and field."""
 
 
@@ -523,13 +523,29 @@ class LoadedIndex:
         return vecs
 
 
+def check_built_with(
+    index_dir: str | os.PathLike[str],
+    manifest: dict[str, Any],
+    model_hash: str,
+    embed_dim: int | None = None,
+) -> None:
+    """Refuse a model other than the one the index was built with: its vectors live in
+    another space. The one home of this check (build, add, query, evaluate, the service)."""
+    if manifest["model_hash"] != model_hash:
+        raise ModelMismatchError(
+            f"{index_dir} was built with model {manifest['model_hash']}, but the model given "
+            f"is {model_hash}; rebuild the index with this model"
+        )
+    if embed_dim is not None and int(manifest["dim"]) != int(embed_dim):
+        raise ModelMismatchError(
+            f"{index_dir} has dim {manifest['dim']}, the model's embed_dim is {embed_dim}"
+        )
+
+
 def _load_once(index_dir: Path, expected_model_hash: str | None, mmap: bool) -> LoadedIndex:
     manifest = read_manifest(index_dir)
-    if expected_model_hash is not None and manifest["model_hash"] != expected_model_hash:
-        raise ModelMismatchError(
-            f"{index_dir} was built with model {manifest['model_hash']}, but the loaded model "
-            f"is {expected_model_hash}; rebuild the index with this model"
-        )
+    if expected_model_hash is not None:
+        check_built_with(index_dir, manifest, expected_model_hash)
     _check_files(index_dir, manifest)
 
     def check_count(side: str, n: int) -> None:

@@ -12,10 +12,11 @@ import copy
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
+
+from vsepp.cli import LOG_FORMAT, LOG_LEVELS, UsageError, program
 
 logger = logging.getLogger("service")
 
@@ -27,7 +28,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise SystemExit(f"{name}={value!r} is not an integer") from None
+        raise UsageError(f"{name}={value!r} is not an integer") from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -43,7 +44,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model_dir", "--model-dir", default=None, help="sets VSEPP_MODEL_DIR")
     parser.add_argument("--index_dir", "--index-dir", default=None, help="sets VSEPP_INDEX_DIR")
-    parser.add_argument("--log-level", "--log_level", default="info")
+    parser.add_argument(
+        "--log_level",
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging threshold",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be in 0..65535, got {args.port}")
@@ -58,14 +66,15 @@ def log_config(level: str) -> dict[str, Any]:
 
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["formatters"]["service"] = {
-        "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        "format": LOG_FORMAT,
+        "datefmt": "%H:%M:%S",
     }
     config["handlers"]["service"] = {
         "class": "logging.StreamHandler",
         "formatter": "service",
         "stream": "ext://sys.stderr",
     }
-    for name in ("service", "index"):
+    for name in ("service", "index", "vsepp"):
         config["loggers"][name] = {
             "handlers": ["service"],
             "level": level.upper(),
@@ -74,6 +83,7 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
+@program
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until it is stopped; returns the exit status."""
     args = parse_args(argv)
@@ -110,4 +120,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -17,15 +17,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from index import LoadedIndex
 from service import errors
 from service.config import Settings
 from service.imaging import configure_pil
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, ObservabilityMiddleware
-from service.protocols import Encoders, LoadedIndex
 from service.routes import embed, health, images, page, search
 from service.routes.page import page_html
 from service.state import ServiceState
+from vsepp.model_dir import EncodersLike
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def _version() -> str:
 
 def create_app(
     settings: Settings | None = None,
-    encoders: Encoders | None = None,
+    encoders: EncodersLike | None = None,
     index: LoadedIndex | None = None,
 ) -> FastAPI:
     """Build the service. Settings default to the environment (VSEPP_*); `encoders` and

@@ -9,9 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.imaging import decode_image
+from index import LoadedIndex
+from service.imaging import canonical_upload, rejected
 from service.metrics import Metrics
-from service.protocols import Encoders, LoadedIndex
+from vsepp.images import CanonicalImage, ImageFileError
+from vsepp.model_dir import EncodersLike
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def _ranked(scores: np.ndarray, rows: np.ndarray, k: int) -> Ranked:
 class SearchEngine:
     """Encoders + index + metrics: the searches the routes ask for."""
 
-    def __init__(self, encoders: Encoders, index: LoadedIndex, metrics: Metrics) -> None:
+    def __init__(self, encoders: EncodersLike, index: LoadedIndex, metrics: Metrics) -> None:
         self.encoders = encoders
         self.index = index
         self.metrics = metrics
@@ -80,22 +82,28 @@ class SearchEngine:
             vectors, known = self.encoders.encode_texts(texts)
         return np.asarray(vectors, dtype=np.float32), np.asarray(known).reshape(-1)
 
-    def decode(self, data: bytes, max_pixels: int) -> np.ndarray:
-        """RGB uint8 [H, W, 3] of an uploaded image file (see imaging.decode_image)."""
+    def decode(self, data: bytes, max_pixels: int) -> CanonicalImage:
+        """An uploaded image file in the encoder's canonical form (imaging.canonical_upload)."""
         with self.metrics.stage("decode", "image"):
-            return decode_image(data, max_pixels=max_pixels)
+            return canonical_upload(data, max_pixels=max_pixels)
 
-    def embed_image(self, rgb: np.ndarray) -> np.ndarray:
-        """float32 [D] vector of one RGB uint8 [H, W, 3] image."""
+    def embed_image(self, data: bytes) -> np.ndarray:
+        """float32 [D] vector of one image file, decoded as indexing decoded it.
+
+        Raises ImageRejected (400) for a JPEG/PNG body the decoder finds truncated or corrupt.
+        """
         with self.metrics.stage("encode", "image"):
-            vectors = self.encoders.encode_image_arrays(rgb[None, ...])
+            try:
+                vectors = self.encoders.encode_image_bytes([data])
+            except ImageFileError as e:
+                raise rejected(e) from e
         return np.asarray(vectors, dtype=np.float32).reshape(-1)
 
     def embed_indexed_image(self, row: int) -> np.ndarray:
         """float32 [D] vector of an image of the index, encoded from its stored file.
 
-        The file goes through the model's own decoder (encode_image_bytes), as it did when
-        the index was built, so the image finds itself with a score of ~1.
+        The file goes through the one decoder, as it did when the index was built, so the
+        image finds itself with a score of 1.
         """
         image_id = self.index.image_ids[row]
         path = self.index.image_file(image_id)
@@ -125,7 +133,3 @@ class SearchEngine:
         with self.metrics.stage("search", "image"):
             scores, rows = self.index.search_images(query, k)
         return _ranked(scores[0], rows[0], k)
-
-    def captions_for_upload(self, data: bytes, max_pixels: int, k: int) -> Ranked:
-        """Decode, encode and search the captions of an uploaded image, in one thread hop."""
-        return self.search_captions(self.embed_image(self.decode(data, max_pixels)), k)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from dataclasses import dataclass, field
@@ -10,13 +11,15 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import numpy as np
+from PIL import Image
 
+from index import LoadedIndex, check_built_with, load_index
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.metrics import Metrics
-from service.protocols import Encoders, LoadedIndex
 from service.search import SearchEngine, TextHits, TextQuery
+from vsepp.images import canonical_image_bytes
+from vsepp.model_dir import EncodersLike, load_encoders
 
 logger = logging.getLogger(__name__)
 
@@ -25,32 +28,25 @@ logger = logging.getLogger(__name__)
 class Backend:
     """The loaded model and index with what the routes build on them."""
 
-    encoders: Encoders
+    encoders: EncodersLike
     index: LoadedIndex
     engine: SearchEngine
     text_batcher: MicroBatcher[TextQuery, TextHits]
     image_rows: dict[str, int]  # image_id -> row of the image index
 
 
-def check_same_model(encoders: Encoders, index: LoadedIndex) -> None:
-    """Refuse an index built with another model: its vectors live in another space."""
-    built_with = index.manifest.get("model_hash") if isinstance(index.manifest, dict) else None
-    if built_with and built_with != encoders.model_hash:
-        raise ValueError(
-            f"the index was built with model {built_with!r} but the model loaded is "
-            f"{encoders.model_hash!r}; rebuild the index with this model"
-        )
+def check_same_model(encoders: EncodersLike, index: LoadedIndex) -> None:
+    """Refuse an index built with another model (index.check_built_with)."""
+    check_built_with(index.index_dir, index.manifest, encoders.model_hash, encoders.embed_dim)
 
 
 def load_objects(
-    settings: Settings, encoders: Encoders | None, index: LoadedIndex | None
-) -> tuple[Encoders, LoadedIndex]:
+    settings: Settings, encoders: EncodersLike | None, index: LoadedIndex | None
+) -> tuple[EncodersLike, LoadedIndex]:
     """Load whichever of the model and the index were not handed in (blocking)."""
     if encoders is None:
         if settings.model_dir is None:
             raise RuntimeError("no model: set VSEPP_MODEL_DIR (or pass --model_dir)")
-        from index.encoders import load_encoders
-
         start = time.perf_counter()
         encoders = load_encoders(settings.model_dir)
         logger.info(
@@ -66,8 +62,6 @@ def load_objects(
     if index is None:
         if settings.index_dir is None:
             raise RuntimeError("no index: set VSEPP_INDEX_DIR (or pass --index_dir)")
-        from index.store import load_index
-
         start = time.perf_counter()
         index = load_index(
             settings.index_dir,
@@ -85,12 +79,21 @@ def load_objects(
     return encoders, index
 
 
-def warm_up(encoders: Encoders) -> None:
+def _gray_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (128, 128, 128)).save(buffer, "PNG")
+    return canonical_image_bytes(buffer.getvalue())
+
+
+_WARM_UP_PNG = _gray_png(32)
+
+
+def warm_up(encoders: EncodersLike) -> None:
     """One tiny call per encoder, so that TensorFlow traces its graphs now and not on the
     first user's request (hundreds of milliseconds on a CPU)."""
     start = time.perf_counter()
     encoders.encode_texts(["warm up"])
-    encoders.encode_image_arrays(np.full((1, 32, 32, 3), 128, dtype=np.uint8))
+    encoders.encode_image_bytes([_WARM_UP_PNG])
     logger.info("warmed up the encoders in %.2fs", time.perf_counter() - start)
 
 
@@ -106,7 +109,7 @@ class ServiceState:
         default=None, repr=False
     )
 
-    def install(self, encoders: Encoders, index: LoadedIndex) -> Backend:
+    def install(self, encoders: EncodersLike, index: LoadedIndex) -> Backend:
         """Make the service ready with these objects."""
         check_same_model(encoders, index)
         engine = SearchEngine(encoders, index, self.metrics)
@@ -121,10 +124,10 @@ class ServiceState:
         self.error = None
         return self.backend
 
-    async def load(self, encoders: Encoders | None, index: LoadedIndex | None) -> None:
+    async def load(self, encoders: EncodersLike | None, index: LoadedIndex | None) -> None:
         """Load what is missing in a worker thread; on failure keep the reason for /health."""
 
-        def load_and_warm() -> tuple[Encoders, LoadedIndex]:
+        def load_and_warm() -> tuple[EncodersLike, LoadedIndex]:
             loaded = load_objects(self.settings, encoders, index)
             if encoders is None:  # handed-in encoders are the caller's business
                 warm_up(loaded[0])

@@ -18,10 +18,10 @@ tf.config.set_logical_device_configuration(
 import numpy as np  # noqa: E402
 
 from training.config import ModelConfig, TrainConfig  # noqa: E402
-from training.datasets import SplitData  # noqa: E402
 from training.images import ImageConfig  # noqa: E402
 from training.text import Vocabulary  # noqa: E402
 from training.trainer import TrainData, Trainer  # noqa: E402
+from vsepp.datasets import SplitData  # noqa: E402
 
 
 def run(mode: str) -> dict[str, float]:

@@ -12,10 +12,10 @@ import numpy as np
 import tensorflow as tf
 
 from training.config import ModelConfig, TrainConfig
-from training.datasets import SplitData
 from training.images import ImageConfig
 from training.text import Vocabulary
 from training.trainer import TrainData, Trainer
+from vsepp.datasets import SplitData
 
 
 def run(mode: str, jit: bool, steps: int = 20) -> dict[str, object]:

@@ -17,7 +17,7 @@ import pytest
 
 from service.config import Settings
 from service.main import create_app
-from tests.test_service_support import ServiceBackend, get_backend, uvicorn_in_thread
+from tests.service_helpers import ServiceBackend, get_backend, uvicorn_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from training.datasets import (
+from vsepp.datasets import (
     DatasetError,
     MissingImagesError,
     SplitData,
@@ -575,9 +575,9 @@ def test_other_captions_per_image(tmp_path: Path) -> None:
 def test_one_info_summary_per_load(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = write_flickr8k(tmp_path)
     (root / "Flicker8k_Dataset" / "1002_ccc.jpg").unlink()
-    with caplog.at_level(logging.INFO, logger="training.datasets"):
+    with caplog.at_level(logging.INFO, logger="vsepp.datasets"):
         data = load8k(root, skip_incomplete=True)
-    records = [r for r in caplog.records if r.name.startswith("training.datasets")]
+    records = [r for r in caplog.records if r.name.startswith("vsepp.datasets")]
     assert len(records) == 1 and records[0].levelno == logging.INFO
     message = records[0].getMessage()
     assert "1 images, 5 captions" in message

@@ -217,7 +217,7 @@ def test_layout_is_exactly_flickr8k(small_root: Path) -> None:
 
 
 def test_flickr8k_reader_serves_it(small_root: Path) -> None:
-    from training.datasets import load_split
+    from vsepp.datasets import load_split
 
     split = load_split(
         small_root / IMAGES_DIR,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_service_support import free_port
+from tests.service_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"

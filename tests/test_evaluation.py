@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.evaluation import (
+from vsepp.evaluation import (
     evaluate,
     format_metrics,
     i2t_ranks,

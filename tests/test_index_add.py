@@ -1,4 +1,4 @@
-"""index.add.add_to_index: appending equals building at once; duplicates are no-ops."""
+"""index.update.add_to_index: appending equals building at once; duplicates are no-ops."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from index import store
-from index.add import add_to_index
 from index.collection import build_index_dir
 from index.store import IndexDirError, ModelMismatchError, NewCaption, NewImage, load_index
-from tests.test_index_helpers import collection, faiss_threads, leftovers, unit_vectors
+from index.update import add_to_index
+from tests.index_helpers import collection, fake_image, faiss_threads, leftovers, unit_vectors
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +48,7 @@ def test_flat_append_equals_build_at_once(tmp_path: Path) -> None:
     assert inc.captions_of(45) == once.captions_of(45)
     for image_id in ("img0003.jpg", "img0045.jpg"):  # old (hard-linked) and new copies
         path = inc.image_file(image_id)
-        assert path is not None and path.read_bytes() == f"image {image_id}".encode()
+        assert path is not None and path.read_bytes() == fake_image(image_id)
     assert leftovers(tmp_path) == []
 
 
@@ -56,7 +56,7 @@ def test_duplicate_image_is_a_noop(tmp_path: Path, caplog: pytest.LogCaptureFixt
     _, head, _ = _split(tmp_path, 10, 10)
     before = build_index_dir(tmp_path / "idx", *head, model_hash="m", index_type="flat")
     im, recs, caps, cap_recs = head
-    with caplog.at_level(logging.INFO, logger="index.add"):
+    with caplog.at_level(logging.INFO, logger="index.update"):
         after = add_to_index(tmp_path / "idx", im[:2], recs[:2], caps[:10], cap_recs[:10])
     assert after["build_id"] == before["build_id"]  # not rewritten at all
     assert "'img0000.jpg' is already indexed" in caplog.text

@@ -17,7 +17,7 @@ from index.faiss_index import (
     resolve_type,
     sample_queries,
 )
-from tests.test_index_helpers import clustered_vectors, faiss_threads, unit_vectors
+from tests.index_helpers import clustered_vectors, faiss_threads, unit_vectors
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ the dataset reader and the evaluation protocol are the real ones.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import add, build, evaluate, query
-from index.build import build_from_split
-from index.embed import EncoderOutputError, embed_images
+from index import add, build, evaluate, query, recall
+from index.collection import build_from_split
+from index.update import add_with_model
 from index.store import ModelMismatchError, load_index
-from tests.test_index_helpers import DIM, FakeEncoders, faiss_threads, leftovers
+from tests.index_helpers import DIM, FakeEncoders, faiss_threads, fake_image, leftovers
+from vsepp.embed import EncoderOutputError, embed_images
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +36,7 @@ def _flickr(root: Path, n: int, bad: dict[int, bytes] | None = None) -> dict[str
     tokens, names = [], []
     for i in range(n):
         name = f"{1000 + i}_abc.jpg"
-        (images / name).write_bytes((bad or {}).get(i, f"image {name}".encode()))
+        (images / name).write_bytes((bad or {}).get(i, fake_image(name)))
         names.append(name)
         tokens += [f"{name}#{j}\tcaption {j} shows {name} here" for j in range(5)]
     (root / "Flickr8k.token.txt").write_text("\n".join(tokens) + "\n")
@@ -63,25 +65,28 @@ def _build_args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
 
 
 def test_build_skips_bad_images_and_evaluates(tmp_path: Path, fake: FakeEncoders) -> None:
-    data = _flickr(tmp_path / "data", 12, bad={3: b"BAD jpeg", 7: b""})
+    bad = {3: fake_image("BAD"), 5: b"a text file named .jpg", 7: b""}
+    data = _flickr(tmp_path / "data", 12, bad=bad)
     out = tmp_path / "indexes" / "test"
     assert build.main(_build_args(data, out)) == 0
     loaded = load_index(out, expected_model_hash="fake-model")
-    assert len(loaded.image_ids) == 10 and len(loaded.captions) == 50
+    assert len(loaded.image_ids) == 9 and len(loaded.captions) == 45
     skipped = {s["image_id"]: s["reason"] for s in loaded.manifest["skipped_images"]}
-    assert set(skipped) == {"1003_abc.jpg", "1007_abc.jpg"}
-    assert skipped["1007_abc.jpg"] == "empty file"
+    assert set(skipped) == {"1003_abc.jpg", "1005_abc.jpg", "1007_abc.jpg"}
+    assert skipped["1007_abc.jpg"].startswith("empty")
+    assert skipped["1005_abc.jpg"].startswith("not_an_image")
     assert "not a decodable image" in skipped["1003_abc.jpg"]
     assert loaded.manifest["source"]["split"] and loaded.manifest["images"]["index_type"] == "flat"
     assert loaded.image_file("1000_abc.jpg") is not None
     assert loaded.image_file("1003_abc.jpg") is None
-    # The batch with the bad image is retried one by one; the empty file is never sent.
-    assert fake.image_calls == [4, 1, 1, 1, 1, 3, 4]
+    # The batch with the corrupt image is retried one by one; files that are no image at all
+    # are never sent to the model.
+    assert fake.image_calls == [4, 1, 1, 1, 1, 2, 4]
 
     metrics = tmp_path / "metrics.json"
     assert evaluate.main(["--index", str(out), "--metrics_out", str(metrics)]) == 0
     result = json.loads(metrics.read_text())
-    assert result["exact"]["n_images"] == 10 and not result["approximate"]
+    assert result["exact"]["n_images"] == 9 and not result["approximate"]
     # Flat index: its own top-10 gives exactly the protocol's recalls.
     for d in ("i2t", "t2i"):
         for key in ("r1", "r5", "r10"):
@@ -98,7 +103,7 @@ def test_build_with_hnsw_reports_delta(tmp_path: Path, fake: FakeEncoders) -> No
     loaded = load_index(out)
     assert loaded.manifest["images"]["params"]["efSearch"] == 4
     assert loaded.image_file("1000_abc.jpg") is None and not any((out / "images").iterdir())
-    result = evaluate.evaluate_index(load_index(out, mmap=False))
+    result = recall.evaluate_index(load_index(out, mmap=False))
     assert result["approximate"]
     assert result["exact_top10"]["t2i"]["r1"] == pytest.approx(result["exact"]["t2i"]["r1"])
     assert result["delta"]["rsum"] <= 0
@@ -121,15 +126,18 @@ def test_query_text_and_image(
     assert results[0]["score"] >= results[-1]["score"]
 
 
-def test_query_refuses_another_model(tmp_path: Path, fake: FakeEncoders) -> None:
+def test_query_refuses_another_model(
+    tmp_path: Path, fake: FakeEncoders, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = _flickr(tmp_path / "data", 6)
     build.main(_build_args(data, tmp_path / "idx"))
+    argv = ["--model_dir", "x", "--index_dir", str(tmp_path / "idx"), "--text", "dog"]
     fake.model_hash = "other-model"
-    with pytest.raises(ModelMismatchError, match=r"fake-model.*other-model"):
-        query.main(["--model_dir", "x", "--index", str(tmp_path / "idx"), "--text", "dog"])
+    assert query.main(argv) == 2
+    assert re.search(r"error: .*fake-model.*other-model", capsys.readouterr().err)
     fake.model_hash, fake.embed_dim = "fake-model", DIM * 2
-    with pytest.raises(ValueError, match=r"embed_dim is 32, index .* has dim 16"):
-        query.main(["--model_dir", "x", "--index", str(tmp_path / "idx"), "--text", "dog"])
+    assert query.main(argv) == 2
+    assert re.search(r"has dim 16, the model's embed_dim is 32", capsys.readouterr().err)
 
 
 def test_add_items_and_refusals(tmp_path: Path, fake: FakeEncoders) -> None:
@@ -137,7 +145,7 @@ def test_add_items_and_refusals(tmp_path: Path, fake: FakeEncoders) -> None:
     build.main(_build_args(data, tmp_path / "idx"))
     new = tmp_path / "new"
     new.mkdir()
-    (new / "cat.jpg").write_bytes(b"image cat.jpg")
+    (new / "cat.jpg").write_bytes(fake_image("cat.jpg"))
     items = [
         {"file": "cat.jpg", "captions": [f"cat.jpg caption {j}" for j in range(5)]},
         {"file": str(data["images"] / "1001_abc.jpg"), "captions": ["again"]},  # indexed
@@ -157,7 +165,8 @@ def test_add_items_and_refusals(tmp_path: Path, fake: FakeEncoders) -> None:
     assert loaded.image_file("cat.jpg") is not None
     fake.model_hash = "other-model"
     with pytest.raises(ModelMismatchError, match=r"fake-model.*other-model"):
-        add.main(argv)
+        add_with_model(fake, tmp_path / "idx", ["dog.jpg"], [new / "cat.jpg"], [["a dog"]])
+    assert add.main(argv) == 2
     assert leftovers(tmp_path) == []
 
 
@@ -173,7 +182,7 @@ def test_add_a_split(tmp_path: Path, fake: FakeEncoders) -> None:
     assert add.main(argv) == 0
     loaded = load_index(tmp_path / "idx")
     assert len(loaded.image_ids) == 8 and len(loaded.captions) == 40
-    result = evaluate.evaluate_index(loaded)
+    result = recall.evaluate_index(loaded)
     assert result["exact"]["n_images"] == 8
 
 
@@ -200,7 +209,7 @@ def test_empty_split_and_nothing_embeddable(tmp_path: Path) -> None:
 
 def test_model_output_of_the_wrong_size_is_an_error(tmp_path: Path) -> None:
     img = tmp_path / "a.jpg"
-    img.write_bytes(b"image a.jpg")
+    img.write_bytes(fake_image("a.jpg"))
     with pytest.raises(EncoderOutputError, match=r"shape \(1, 8\).*expected \(1, 16\)"):
         embed_images(FakeEncoders(out_dim=8), ["a.jpg"], [img])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import atomic, store
+from index import store
 from index.faiss_index import build_index
 from index.store import (
     CaptionRecord,
@@ -22,13 +22,15 @@ from index.store import (
     load_index,
     write_index_dir,
 )
-from tests.test_index_helpers import (
+from tests.index_helpers import (
+    fake_image,
     faiss_threads,
     leftovers,
     make_index,
     rewrite_json,
     unit_vectors,
 )
+from vsepp import atomic
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +121,7 @@ def test_manifest_and_metadata(tmp_path: Path) -> None:
     assert loaded.caption_image_rows.tolist() == [i // 5 for i in range(60)]
     with pytest.raises(IndexError, match=r"image row 12"):
         loaded.captions_of(12)
-    assert (tmp_path / "idx" / "images" / "img0003.jpg").read_bytes() == b"image img0003.jpg"
+    assert (tmp_path / "idx" / "images" / "img0003.jpg").read_bytes() == fake_image("img0003.jpg")
     assert not list(tmp_path.glob("*.pkl")) and not list((tmp_path / "idx").glob("*.pkl"))
 
 

@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from training.datasets import SplitData
 from training.images import (
     ImageConfig,
     center_crop,
@@ -31,6 +30,7 @@ from training.pipeline import (
     train_dataset,
 )
 from training.text import PAD, Vocabulary
+from vsepp.datasets import SplitData
 
 CFG = ImageConfig(image_size=8, resize_size=10, preprocess="unit")
 WORDS = ["dog", "cat", "runs", "on", "grass", "a", "red", "ball", "the", "sits"]

@@ -1,6 +1,6 @@
 """The HTTP API through FastAPI's TestClient: every endpoint, every bad input, the schema.
 
-The service runs against `tests.test_service_support.BACKEND` (a stand-in encoder over a
+The service runs against `tests.service_helpers.BACKEND` (a stand-in encoder over a
 real index directory until the demo fixtures exist; one line switches).
 """
 
@@ -26,8 +26,8 @@ from PIL import Image
 from service.config import Settings
 from service.main import create_app
 from service.routes.page import PAGE_PATH
-from tests.test_service_imaging import png_header_only
-from tests.test_service_support import (
+from tests.image_files import png_header_only
+from tests.service_helpers import (
     CountingEncoders,
     ServiceBackend,
     get_backend,

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_service_support import (
+from tests.service_helpers import (
     COLOURS,
     SHAPES,
     free_port,
@@ -48,13 +48,13 @@ class _Split:
 def build_tiny_model_and_index(root: Path) -> tuple[Path, Path]:
     """Export an untrained tiny VSE++ model and index 12 pictures with it."""
     from index.build import build_from_split
-    from index.encoders import load_encoders
     from training.backbones import preprocess_for
     from training.config import ModelConfig
     from training.export import export_model
     from training.images import ImageConfig
     from training.model import build_image_encoder, build_text_encoder
     from training.text import Vocabulary
+    from vsepp.model_dir import load_encoders
 
     split = _Split(name="test")
     pictures = root / "pictures"

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from training.backbones import BACKBONES
-from training.datasets import DATASETS
+from vsepp.cli import add_log_level
+from vsepp.datasets.args import add_dataset_args
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """Where the dataset is and how it is read (the seed's flags)."""
-    g = p.add_argument_group("data")
-    g.add_argument("--images_path", required=True, help="folder of the images")
-    g.add_argument(
-        "--texts_path",
-        required=True,
-        help="caption file: Flickr token file or Karpathy dataset_*.json",
-    )
-    g.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="auto",
-        help="dataset layout (auto: .json is Karpathy, else a Flickr token file)",
-    )
-    g.add_argument(
-        "--skip_incomplete",
-        action="store_true",
-        help="skip (and count) images with too few captions or missing on disk, "
-        "instead of stopping with an error",
-    )
+def add_data_args(p: argparse.ArgumentParser, *, fold_restval: bool = False) -> None:
+    """Where the dataset is and how it is read (the seed's flags), batch and prefetch sizes."""
+    g = add_dataset_args(p, fold_restval=fold_restval)
     g.add_argument("--batch_size", type=int, default=128)
     g.add_argument(
         "--prefetch_size",
@@ -37,7 +19,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="tf.data prefetch buffer in batches (default: autotune)",
     )
-    p.add_argument("--log_level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_log_level(p)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -74,12 +56,4 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--use_abs", action="store_true", help="absolute value of the embeddings (Order0/Order++)"
-    )
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
     )

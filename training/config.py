@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from vsepp.evaluation import Measure
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -21,7 +23,7 @@ class ModelConfig:
     bidirectional: bool = False  # average forward and backward GRU states
     vocab_size: int = 0  # set from the vocabulary
     no_imgnorm: bool = False  # VSE0 ablation: no L2 norm after the image projection
-    measure: str = "cosine"  # "cosine" or "order" (order embeddings)
+    measure: Measure = "cosine"  # "cosine" or "order" (order embeddings)
     use_abs: bool = False  # absolute value of the embeddings (order embeddings)
     finetune: bool = False  # train the backbone too
     precomp_dim: int = 0  # > 0: the image side reads precomputed features of this size

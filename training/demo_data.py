@@ -14,12 +14,8 @@ import argparse
 import io
 import json
 import logging
-import os
 import random
 import re
-import shutil
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -31,6 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from training.demo_scenes import Scene, SceneObject, make_captions, sample_scenes
+from vsepp.atomic import atomic_directory
+from vsepp.cli import add_log_level, program, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -249,17 +247,6 @@ def _write(tmp: Path, images: Sequence[DemoImage], config: DemoConfig) -> None:
     (tmp / SCENES_FILE).write_text(f'{head}, "images": [\n{records}\n]}}\n', encoding="utf-8")
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Put `tmp` in the place of `out_dir`; the old content goes only once the new is whole."""
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old)
-
-
 def generate(
     out_dir: Path, config: DemoConfig | None = None, *, force: bool = False
 ) -> DemoSummary:
@@ -270,15 +257,8 @@ def generate(
     start = time.perf_counter()
     by_split = {split: generate_split(config, split) for split in SPLITS}
     images = [im for split in SPLITS for im in by_split[split]]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
+    with atomic_directory(out_dir) as tmp:
         _write(tmp, images, config)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     vocabulary = Counter(w for im in images for c in im.captions for w in caption_words(c))
     train = Counter(w for im in by_split["train"] for c in im.captions for w in caption_words(c))
     summary = DemoSummary(
@@ -313,28 +293,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="share of scenes made as single-attribute edits of others (hard negatives)",
     )
     p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+    add_log_level(p)
     return p.parse_args(argv)
 
 
+@program
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = DemoConfig(
-            train=args.train,
-            val=args.val,
-            test=args.test,
-            seed=args.seed,
-            image_size=args.image_size,
-            edit_fraction=args.edit_fraction,
-        )
-        summary = generate(args.out, config, force=args.force)
-    except (ValueError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    setup_logging(args.log_level)
+    config = DemoConfig(
+        train=args.train,
+        val=args.val,
+        test=args.test,
+        seed=args.seed,
+        image_size=args.image_size,
+        edit_fraction=args.edit_fraction,
+    )
+    summary = generate(args.out, config, force=args.force)
     print("\n".join(summary.lines()))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -9,21 +9,20 @@ written under `exports/`, then `manifest.json` (renamed into place last) points 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from index.encoders import MODEL_FORMAT
 from training.config import ModelConfig
 from training.images import ImageConfig, eval_image_transform, eval_images_from_bytes
-from training.text import END, START, UNK, Vocabulary, tf_tokenize, write_json_atomic
+from training.text import END, START, UNK, Vocabulary, tf_tokenize
+from vsepp.atomic import atomic_directory, write_json_atomic
+from vsepp.model_dir import MODEL_FORMAT, hash_tree
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +95,14 @@ def export_model(
     root = Path(model_dir)
     exports = root / "exports"
     exports.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=exports))
-    try:
+    name = _next_export_name(exports)
+    final = exports / name
+    with atomic_directory(final) as tmp:
         tf.saved_model.save(
             ImageEncoderModule(image_encoder, image_cfg), str(tmp / "image_encoder")
         )
         tf.saved_model.save(TextEncoderModule(text_encoder, vocab), str(tmp / "text_encoder"))
         vocab.save(tmp / "vocab.json")
-        name = _next_export_name(exports)
-        final = exports / name
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     manifest = {
         "format": MODEL_FORMAT,
         "export": f"exports/{name}",
@@ -138,18 +132,6 @@ def export_model(
     return final
 
 
-def hash_tree(root: Path) -> str:
-    """sha256 over the relative paths and bytes of every file below `root`."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(b"\0")
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def _next_export_name(exports: Path) -> str:
     numbers = [int(p.name) for p in exports.iterdir() if p.name.isdigit()]
     return f"{max(numbers, default=0) + 1:04d}"
@@ -157,5 +139,6 @@ def _next_export_name(exports: Path) -> str:
 
 def _remove_old_exports(exports: Path, keep: str) -> None:
     for p in exports.iterdir():
-        if p.name != keep and (p.name.isdigit() or p.name.startswith(".tmp-")):
+        # Hidden entries are atomic_directory's leftovers of a killed export.
+        if p.name != keep and (p.name.isdigit() or p.name.startswith(".")):
             shutil.rmtree(p, ignore_errors=True)

@@ -8,10 +8,14 @@ applied.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
+
+from vsepp.images import read_image_file
 
 PREPROCESS_MODES = ("caffe", "torch", "tf", "none", "unit")
 
@@ -55,6 +59,21 @@ class ImageConfig:
             str(d["preprocess"]),
             bool(d.get("hflip", True)),
         )
+
+
+def read_canonical(path: tf.Tensor) -> tf.Tensor:
+    """tf.string path -> the file's bytes in the one canonical form (`vsepp.images`).
+
+    The very function indexing and serving use, so training sees EXIF-upright, alpha-on-white
+    pixels like they do. An unusable file raises (tf.data's error handling then applies).
+    """
+    data = tf.numpy_function(_read_canonical, [path], tf.string, stateful=False)
+    data.set_shape([])
+    return data
+
+
+def _read_canonical(path: bytes) -> np.ndarray:
+    return np.asarray(read_image_file(os.fsdecode(path)), dtype=object)
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:

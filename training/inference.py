@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from index.embed import embed_images, embed_texts
-from index.encoders import Encoders, load_encoders
-from training.cli import add_data_args, setup_logging
-from training.datasets import SplitData, load_split
-from training.evaluation import evaluate, format_metrics
-from training.text import write_json_atomic
+from training.cli import add_data_args
+from vsepp.atomic import write_json_atomic
+from vsepp.cli import UsageError, add_model_dir, program, setup_logging
+from vsepp.datasets import SplitData
+from vsepp.datasets.args import load_split_from_args
+from vsepp.embed import embed_images, embed_texts
+from vsepp.evaluation import evaluate, format_metrics
+from vsepp.model_dir import Encoders, load_encoders
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         required=True,
         help="test split: a split file, or a split name for Karpathy JSON",
     )
-    p.add_argument(
+    add_model_dir(
+        p,
         "--checkpoint_path",
         "--checkpointh_path",
-        dest="checkpoint_path",
-        required=True,
-        help="model directory written by training.train "
-        "(--checkpointh_path is the seed's spelling)",
+        help="model directory written by training.train (the seed's names --checkpoint_path "
+        "and its spelling --checkpointh_path work too)",
     )
     p.add_argument(
         "--joint_space",
@@ -66,13 +66,13 @@ def check_manifest(encoders: Encoders, joint_space: int | None, num_layers: int 
     """The seed passed the architecture by hand: refuse one that disagrees with the model."""
     manifest = encoders.manifest
     if joint_space is not None and joint_space != encoders.embed_dim:
-        raise SystemExit(
+        raise UsageError(
             f"--joint_space {joint_space} but the model in {encoders.model_dir} has "
             f"{encoders.embed_dim}"
         )
     layers = manifest.get("text", {}).get("num_layers")
     if num_layers is not None and layers is not None and num_layers != layers:
-        raise SystemExit(
+        raise UsageError(
             f"--num_layers {num_layers} but the model in {encoders.model_dir} has {layers}"
         )
 
@@ -87,22 +87,17 @@ def embed_split(
     if skipped:
         # A dropped image would shift every later row and corrupt Recall@K.
         names = ", ".join(f"{s['image_id']} ({s['reason']})" for s in skipped[:5])
-        raise SystemExit(f"{len(skipped)} test images cannot be read: {names}")
+        raise UsageError(f"{len(skipped)} test images cannot be read: {names}")
     return images, embed_texts(encoders, split.captions, batch_size=batch_size)
 
 
+@program
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
-    encoders = load_encoders(args.checkpoint_path)
+    encoders = load_encoders(args.model_dir)
     check_manifest(encoders, args.joint_space, args.num_layers)
-    split = load_split(
-        args.images_path,
-        args.texts_path,
-        args.test_imgs_file_path,
-        dataset=args.dataset,
-        skip_incomplete=args.skip_incomplete,
-    )
+    split = load_split_from_args(args, args.test_imgs_file_path)
     t0 = time.perf_counter()
     images, captions = embed_split(encoders, split, args.batch_size)
     t1 = time.perf_counter()
@@ -110,12 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         images, captions, measure=encoders.manifest.get("measure", "cosine"), fold5=args.fold5
     )
     log.info("embedded in %.1fs, evaluated in %.2fs", t1 - t0, time.perf_counter() - t1)
-    print(f"{split.describe()}\nmodel: {args.checkpoint_path}\n{format_metrics(metrics)}")
+    print(f"{split.describe()}\nmodel: {args.model_dir}\n{format_metrics(metrics)}")
     if args.metrics_out:
         write_json_atomic(
             Path(args.metrics_out),
             {
-                "model_dir": str(args.checkpoint_path),
+                "model_dir": str(args.model_dir),
                 "model_hash": encoders.model_hash,
                 "split": split.name,
                 "n_images": len(split.image_ids),
@@ -126,4 +121,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -18,12 +18,11 @@ the hardest negative of a query must be searched among all B captions, not one s
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import tensorflow as tf
 
-Measure = Literal["cosine", "order"]
-MEASURES: tuple[str, ...] = ("cosine", "order")
+from vsepp.evaluation import MEASURES, Measure
+
 DEFAULT_MARGIN = 0.2
 
 

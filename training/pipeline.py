@@ -29,13 +29,14 @@ from training.images import (
     ImageConfig,
     decode_image,
     eval_image_transform,
+    read_canonical,
     resize_shorter,
     train_image_transform,
 )
 from training.text import PAD, Vocabulary
 
 if TYPE_CHECKING:
-    from training.datasets import SplitData
+    from vsepp.datasets import SplitData
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ def _image_pairs(
 
     def load(row: tf.Tensor, r: tf.Tensor) -> dict[str, tf.Tensor]:
         i = row // per_image
-        image = resize_shorter(decode_image(tf.io.read_file(paths[i])), cfg.resize_size)
+        image = resize_shorter(decode_image(read_canonical(paths[i])), cfg.resize_size)
         return {
             "image": train_image_transform(image, cfg, tf.stack([r, row])),
             **caps.lookup(row),
@@ -354,7 +355,7 @@ def _cached_pairs(split: SplitData, cfg: ImageConfig, per_image: int) -> tf.data
     paths = _paths(split)
 
     def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return i, resize_shorter(decode_image(tf.io.read_file(paths[i])), cfg.resize_size)
+        return i, resize_shorter(decode_image(read_canonical(paths[i])), cfg.resize_size)
 
     images = tf.data.Dataset.range(len(split.image_paths))
     images = images.map(load, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
@@ -388,7 +389,7 @@ def image_eval_dataset(
     paths = _paths(split)
 
     def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return i, eval_image_transform(decode_image(tf.io.read_file(paths[i])), cfg)
+        return i, eval_image_transform(decode_image(read_canonical(paths[i])), cfg)
 
     # tf.data cannot catch an error per element and name its file, so failures are dropped and
     # the gap they leave in the row sequence is turned into an error that names the file. A
@@ -436,7 +437,7 @@ def find_unreadable_images(split: SplitData) -> list[Path]:
     ds = tf.data.Dataset.range(len(split.image_paths))
     # The shape op makes the decode a data dependency, so it is not pruned away.
     ds = ds.map(
-        lambda i: (i, tf.shape(decode_image(tf.io.read_file(paths[i])))),
+        lambda i: (i, tf.shape(decode_image(read_canonical(paths[i])))),
         num_parallel_calls=AUTOTUNE,
     ).ignore_errors()
     readable = {int(i) for i, _ in ds.as_numpy_iterator()}

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from training.backbones import BACKBONES, preprocess_for
-from training.cli import add_data_args, add_model_args, setup_logging
+from training.cli import add_data_args, add_model_args
 from training.config import ModelConfig, TrainConfig
-from training.datasets import load_split
-from training.evaluation import format_metrics
-from training.features import load_features
+from training.feature_store import load_features
 from training.images import ImageConfig
 from training.model import load_word_vectors
 from training.text import Vocabulary
 from training.trainer import TrainData, Trainer
+from vsepp.cli import add_model_dir, program, setup_logging
+from vsepp.datasets.args import load_split_from_args
+from vsepp.evaluation import format_metrics
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Train the VSE++ image and text encoders and export the best epoch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_data_args(p)
+    add_data_args(p, fold_restval=True)
     p.add_argument(
         "--train_imgs_file_path",
         required=True,
@@ -39,15 +39,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         required=True,
         help="validation split: a split file, or a split name for Karpathy JSON",
     )
-    p.add_argument(
+    add_model_dir(
+        p,
         "--save_model_path",
-        required=True,
-        help="model directory to write: exported encoders, manifest, checkpoints",
-    )
-    p.add_argument(
-        "--fold_restval",
-        action="store_true",
-        help="Karpathy JSON: train on restval too (the paper's COCO setting)",
+        help="model directory to write: exported encoders, manifest, checkpoints "
+        "(--save_model_path is the seed's name)",
     )
     add_model_args(p)
     p.add_argument(
@@ -193,19 +189,13 @@ def configs(
     return model_cfg, train_cfg, image_cfg
 
 
+@program
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
-    common = dict(dataset=args.dataset, skip_incomplete=args.skip_incomplete)
-    train = load_split(
-        args.images_path,
-        args.texts_path,
-        args.train_imgs_file_path,
-        fold_restval=args.fold_restval,
-        **common,
-    )
-    val = load_split(args.images_path, args.texts_path, args.val_imgs_file_path, **common)
-    vocab_path = Path(args.save_model_path) / "vocab.json"
+    train = load_split_from_args(args, args.train_imgs_file_path, fold_restval=args.fold_restval)
+    val = load_split_from_args(args, args.val_imgs_file_path)
+    vocab_path = Path(args.model_dir) / "vocab.json"
     if args.resume and vocab_path.is_file():
         vocab = Vocabulary.load(vocab_path)  # the ids the checkpoint was trained with
     else:
@@ -245,13 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "precomp_features": args.precomp_features,
         },
     )
-    best = Trainer(model_cfg, train_cfg, data, args.save_model_path).fit(resume=args.resume)
+    best = Trainer(model_cfg, train_cfg, data, args.model_dir).fit(resume=args.resume)
     if best:
-        print(f"best validation (model in {args.save_model_path}):\n{format_metrics(best)}")
+        print(f"best validation (model in {args.model_dir}):\n{format_metrics(best)}")
     else:
-        print(f"no new best epoch in this run; {args.save_model_path} keeps the earlier export")
+        print(f"no new best epoch in this run; {args.model_dir} keeps the earlier export")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

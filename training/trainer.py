@@ -18,8 +18,6 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from training.config import ModelConfig, TrainConfig
-from training.datasets import SplitData
-from training.evaluation import evaluate, format_metrics
 from training.export import compose_precomp_encoder, export_model
 from training.images import ImageConfig
 from training.losses import contrastive_loss
@@ -27,11 +25,15 @@ from training.model import VSEModel
 from training.pipeline import (
     PairCounter,
     caption_eval_dataset,
+    find_unreadable_images,
     image_eval_dataset,
     steps_per_epoch,
     train_dataset,
 )
-from training.text import Vocabulary, write_json_atomic
+from training.text import Vocabulary
+from vsepp.atomic import write_json_atomic
+from vsepp.datasets import SplitData
+from vsepp.evaluation import evaluate, format_metrics
 
 log = logging.getLogger(__name__)
 
@@ -299,12 +301,14 @@ class Trainer:
         steps = steps_per_epoch(data.train, tcfg.batch_size)
         best: dict[str, Any] = {}
         at_collapse = 0
+        counter = PairCounter(len(data.train.captions))
+        named_unreadable = False
         for epoch in range(int(self.epoch.numpy()), tcfg.epochs):
             lr = tcfg.learning_rate * 0.1 ** (epoch // tcfg.lr_update)
             self.optimizer.learning_rate = lr
             max_violation = tcfg.max_violation and epoch >= tcfg.max_violation_after
             start = int(self.step_in_epoch.numpy())
-            counter = PairCounter(len(data.train.captions))
+            counter.reset()
             ds = train_dataset(
                 data.train,
                 data.vocab,
@@ -351,7 +355,9 @@ class Trainer:
                     raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1}")
                 at_collapse = at_collapse + 1 if abs(loss - collapse_at) < 1e-3 * collapse_at else 0
                 if at_collapse >= tcfg.collapse_patience:
-                    raise TrainingCollapsedError(_collapse_message(loss, epoch, tcfg))
+                    raise TrainingCollapsedError(
+                        _collapse_message(loss, epoch, tcfg, max_violation)
+                    )
                 if tcfg.checkpoint_every and gstep % tcfg.checkpoint_every == 0:
                     self.manager.save(checkpoint_number=gstep)
                 if tcfg.val_step and gstep % tcfg.val_step == 0:
@@ -360,6 +366,9 @@ class Trainer:
             skipped = counter.skipped
             if skipped:
                 log.warning("epoch %d: skipped %d pairs of unreadable images", epoch + 1, skipped)
+                if not named_unreadable and data.train_features is None:
+                    find_unreadable_images(data.train)  # logs their names, once per run
+                    named_unreadable = True
             log.info(
                 "epoch %d/%d: mean loss %.4f, %.0f pairs/s, lr %.2g, %s",
                 epoch + 1,
@@ -430,10 +439,11 @@ def _shard(batch: dict[str, tf.Tensor], ctx: tf.distribute.InputContext) -> dict
     return out
 
 
-def _collapse_message(loss: float, epoch: int, tcfg: TrainConfig) -> str:
+def _collapse_message(loss: float, epoch: int, tcfg: TrainConfig, max_violation: bool) -> str:
+    value = "2 x batch x margin" if max_violation else "2 x batch x (batch - 1) x margin"
     return (
         f"training collapsed at epoch {epoch + 1}: the loss has stayed at {loss:.3f} "
-        f"(= 2 x batch x margin) for {tcfg.collapse_patience} steps, so every embedding is "
+        f"(= {value}) for {tcfg.collapse_patience} steps, so every embedding is "
         "the same point and recall is at chance. With a backbone trained from scratch, warm "
         "up with the sum of violations first: --max_violation_after 2 (or more)"
     )

@@ -70,7 +70,7 @@ async def embed_image(
     engine = backend.engine
 
     def work() -> np.ndarray:
-        return engine.embed_image(engine.decode(data, settings.max_image_pixels))
+        return engine.embed_image(engine.decode(data, settings.max_image_pixels).data)
 
     try:
         vector = await anyio.to_thread.run_sync(work, limiter=state.image_limiter())

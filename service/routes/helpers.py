@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from urllib.parse import quote
 
 from fastapi import Request
 
+from index.search import caption_hits, image_hits
 from service.config import Settings
 from service.routing import invalid
 from service.schemas import DEFAULT_K, CaptionResult, ImageResult
@@ -50,40 +52,11 @@ def image_url(request: Request, image_id: str) -> str:
 
 def image_results(request: Request, backend: Backend, ranked: Ranked) -> list[ImageResult]:
     """Ranked image rows as response items."""
-    index = backend.index
-    results = []
-    for rank, (score, row) in enumerate(zip(ranked.scores, ranked.rows, strict=True), start=1):
-        image_id = index.image_ids[int(row)]
-        results.append(
-            ImageResult(
-                rank=rank,
-                image_id=image_id,
-                score=float(score),
-                image_url=image_url(request, image_id),
-                captions=list(index.captions_of(int(row))),
-            )
-        )
-    return results
+    hits = image_hits(backend.index, ranked.scores, ranked.rows)
+    return [ImageResult(**asdict(h), image_url=image_url(request, h.image_id)) for h in hits]
 
 
 def caption_results(request: Request, backend: Backend, ranked: Ranked) -> list[CaptionResult]:
     """Ranked caption rows as response items."""
-    index = backend.index
-    # caption_ids is not in the LoadedIndex contract yet; index.store has it.
-    caption_ids: Sequence[str] | None = getattr(index, "caption_ids", None)
-    results = []
-    for rank, (score, row) in enumerate(zip(ranked.scores, ranked.rows, strict=True), start=1):
-        j = int(row)
-        image_id = index.image_ids[int(index.caption_image_rows[j])]
-        results.append(
-            CaptionResult(
-                rank=rank,
-                caption=index.captions[j],
-                caption_id=str(caption_ids[j]) if caption_ids is not None else str(j),
-                caption_row=j,
-                image_id=image_id,
-                score=float(score),
-                image_url=image_url(request, image_id),
-            )
-        )
-    return results
+    hits = caption_hits(backend.index, ranked.scores, ranked.rows)
+    return [CaptionResult(**asdict(h), image_url=image_url(request, h.image_id)) for h in hits]

@@ -28,6 +28,7 @@ from service.schemas import (
 from service.search import Ranked, TextQuery
 from service.state import Backend
 from service.uploads import read_upload
+from vsepp.images import CanonicalImage
 
 router = APIRouter(prefix="/search", tags=["search"], route_class=ServiceRoute)
 
@@ -117,19 +118,19 @@ async def search_image(
     data = await read_upload(file, settings.max_upload_bytes)
     engine = backend.engine
 
-    def work() -> tuple[Ranked, tuple[int, ...]]:
-        rgb = engine.decode(data, settings.max_image_pixels)
-        return engine.search_captions(engine.embed_image(rgb), k_used), rgb.shape
+    def work() -> tuple[Ranked, CanonicalImage]:
+        image = engine.decode(data, settings.max_image_pixels)
+        return engine.search_captions(engine.embed_image(image.data), k_used), image
 
     try:
-        ranked, shape = await anyio.to_thread.run_sync(work, limiter=state.image_limiter())
+        ranked, image = await anyio.to_thread.run_sync(work, limiter=state.image_limiter())
     except ImageRejected as exc:
         raise HTTPException(exc.status_code, exc.detail) from exc
     return ImageSearchResponse(
         results=caption_results(request, backend, ranked),
         took_ms=_ms(start),
-        height=int(shape[0]),
-        width=int(shape[1]),
+        height=image.height,
+        width=image.width,
     )
 
 

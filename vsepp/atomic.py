@@ -1,13 +1,19 @@
-"""Replace a directory atomically: build the new one beside it, fsync, then swap.
+"""Atomic writes of files and directories: write beside the target, fsync, then rename.
+
+The one implementation every part uses (models, indexes, features, the demo set, JSON).
+
+`write_bytes_atomic` / `write_text_atomic` / `write_json_atomic` replace one file: a temporary
+file in the same directory is written, fsynced and renamed over the target, and the directory
+is fsynced, so a reader sees the old file or the new one, never a part.
 
 `atomic_directory(target)` yields an empty temporary directory next to `target` (same file
 system, so renames are atomic). When the `with` body returns, every file in it is fsynced
 and it takes `target`'s place:
 
 - on Linux with ``renameat2(RENAME_EXCHANGE)`` the two directories trade names in one
-  atomic step, so `target` always names a complete index (old, then new);
+  atomic step, so `target` always names a complete directory (old, then new);
 - elsewhere the old one is renamed aside and the new one renamed in; a crash between the
-  two renames leaves the old index whole under ``.NAME.old-*`` (and `load_index` says so).
+  two renames leaves the old directory whole under ``.NAME.old-*`` (and `index.load_index` says so).
 
 When the body raises, the temporary directory is removed and `target` is untouched.
 Writers of the same parent directory are serialised with `flock`, which also makes it
@@ -20,12 +26,14 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,35 @@ def fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(dirpath))
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace the file `path` with `data`: temporary file beside it, fsync, rename, fsync."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes 0600; the file is meant to be read by other users (a server) too.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(target.parent)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """`write_bytes_atomic` of UTF-8 text."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 1) -> None:
+    """`write_bytes_atomic` of `data` as UTF-8 JSON."""
+    write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False))
 
 
 @contextlib.contextmanager
@@ -126,7 +163,7 @@ def _sweep_leftovers(target: Path) -> None:
         # A leftover .old-* is the only copy when the target is missing: keep it then.
         stale_old = entry.name.startswith(old_prefix(target)) and target.exists()
         if (stale_tmp or stale_old) and entry.is_dir() and not entry.is_symlink():
-            log.warning("removing %s, left behind by an interrupted index write", entry)
+            log.warning("removing %s, left behind by an interrupted write", entry)
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -138,7 +175,7 @@ def atomic_directory(target: str | os.PathLike[str], *, locked: bool = False) ->
     """
     target = Path(target).absolute()
     if target.is_symlink():
-        raise ValueError(f"{target} is a symlink; give the real index directory")
+        raise ValueError(f"{target} is a symlink; give the real directory")
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} exists and is not a directory")
     parent = target.parent

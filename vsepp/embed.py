@@ -1,8 +1,8 @@
 """Embed image files and captions in batches with the exported encoders.
 
-Typed against `EncodersLike`, the part of `index.encoders.Encoders` the programs use, so
-tests can hand in a small stand-in. An image that cannot be read or decoded is skipped,
-logged and reported; it never stops a build.
+Typed against `vsepp.model_dir.EncodersLike`, so tests can hand in a small stand-in. Every
+file goes through the one decoder (`vsepp.images`). An image that cannot be read or decoded
+is skipped, logged and reported with its reason; it never stops a build.
 """
 
 from __future__ import annotations
@@ -10,27 +10,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from vsepp.images import ImageFileError, read_image_file
+from vsepp.model_dir import EncodersLike
+
 log = logging.getLogger(__name__)
-
-
-class EncodersLike(Protocol):
-    """What the index programs need from `index.encoders.Encoders`."""
-
-    embed_dim: int
-    model_hash: str
-
-    def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(float32 [n, D], int32 [n] in-vocabulary word counts)."""
-        ...
-
-    def encode_image_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
-        """float32 [n, D] vectors of encoded image files."""
-        ...
 
 
 class EncoderOutputError(ValueError):
@@ -49,14 +37,11 @@ def _checked(out: Any, n: int, dim: int, what: str) -> np.ndarray:
 
 
 def _read(path: Path) -> tuple[bytes | None, str | None]:
-    """(bytes, None) or (None, why the file cannot be used)."""
+    """(canonical bytes, None) or (None, why the file cannot be used)."""
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        return None, f"unreadable: {e.strerror or e}"
-    if not data:
-        return None, "empty file"
-    return data, None
+        return read_image_file(path), None
+    except ImageFileError as e:
+        return None, f"{e.reason}: {e}"
 
 
 def embed_images(

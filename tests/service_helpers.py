@@ -5,7 +5,7 @@ BACKEND picks what the service tests search with:
   of the picture) over a real index directory written by index.store and loaded with
   index.store.load_index. Fast, and its answers are predictable.
 - "demo": the real model and index of the lead's session fixtures `demo_model_dir` and
-  `demo_index_dir` (tests/conftest.py), loaded with index.encoders / index.store.
+  `demo_index_dir` (tests/conftest.py), loaded with vsepp.model_dir / index.store.
 Switching is this one line.
 """
 
@@ -268,8 +268,8 @@ def stand_in_backend(root: Path) -> ServiceBackend:
 
 def demo_backend(model_dir: Path, index_dir: Path) -> ServiceBackend:
     """The real exported model and its index."""
-    from index.encoders import load_encoders
     from index.store import load_index
+    from vsepp.model_dir import load_encoders
 
     encoders = load_encoders(model_dir)
     index = load_index(index_dir, expected_model_hash=encoders.model_hash)

@@ -1,12 +1,10 @@
-"""Shared data and stand-ins for the index tests (no model, no TensorFlow).
-
-Named `test_index_*` so it sits with the index tests; it holds no tests itself.
-"""
+"""Shared data and stand-ins for the index tests (no model, no TensorFlow)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator, Sequence
@@ -15,9 +13,12 @@ from typing import Any
 
 import faiss
 import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from index.collection import build_index_dir
 from index.store import MANIFEST, NewCaption, NewImage
+from vsepp.images import ImageFileError
 
 DIM = 16
 
@@ -67,7 +68,7 @@ def collection(
         if files is not None:
             file = files / image_id
             file.parent.mkdir(parents=True, exist_ok=True)
-            file.write_bytes(f"image {image_id}".encode())
+            file.write_bytes(fake_image(image_id))
         records.append(NewImage(image_id, file))
     caps = [
         NewCaption(r.image_id, f"caption {j} of {r.image_id}") for r in records for j in range(5)
@@ -101,12 +102,21 @@ def leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
 
 
-class FakeEncoders:
-    """Deterministic stand-in for `index.encoders.Encoders`.
+def fake_image(name: str) -> bytes:
+    """A real 4x4 PNG that carries `name` in a text chunk, for FakeEncoders to read back."""
+    info = PngInfo()
+    info.add_text("name", name)
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (90, 120, 150)).save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
 
-    An image file's bytes ``image NAME`` map to a vector seeded by NAME; a caption that
-    mentions NAME maps near it, so retrieval works. Bytes starting with ``BAD`` fail to
-    decode, as a corrupt JPEG would in TensorFlow.
+
+class FakeEncoders:
+    """Deterministic stand-in for `vsepp.model_dir.Encoders`.
+
+    A `fake_image(NAME)` file maps to a vector seeded by NAME; a caption that mentions NAME
+    maps near it, so retrieval works. A NAME starting with ``BAD`` fails to decode, as a
+    corrupt JPEG body would in TensorFlow's decoder.
     """
 
     def __init__(self, dim: int = DIM, model_hash: str = "fake-model", out_dim: int | None = None):
@@ -128,9 +138,10 @@ class FakeEncoders:
         self.image_calls.append(len(blobs))
         out = []
         for blob in blobs:
-            if blob.startswith(b"BAD"):
-                raise RuntimeError("InvalidArgumentError: Unknown image file format")
-            out.append(self._vector(blob.decode(errors="replace").removeprefix("image ")))
+            name = str(Image.open(io.BytesIO(blob)).text["name"])  # type: ignore[attr-defined]
+            if name.startswith("BAD"):
+                raise ImageFileError("corrupt", "the image is truncated or corrupt")
+            out.append(self._vector(name))
         return np.stack(out)
 
     def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from training.datasets.core import (
+from vsepp.datasets.core import (
     IGNORE_JSON_IMAGES,
     SKIP_DUPLICATE,
     SKIP_EMPTY_CAPTION,
@@ -19,7 +19,7 @@ from training.datasets.core import (
     image_file_name,
     image_key,
 )
-from training.datasets.flickr import read_split_file
+from vsepp.datasets.flickr import read_split_file
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import os
 import re
 from pathlib import Path
 
-from training.datasets.core import SplitData
-from training.datasets.flickr import load_flickr
-from training.datasets.karpathy import load_karpathy
+from vsepp.datasets.core import SplitData
+from vsepp.datasets.flickr import load_flickr
+from vsepp.datasets.karpathy import load_karpathy
 
 DATASETS = ("auto", "flickr8k", "flickr30k", "karpathy", "coco")
 

@@ -1,26 +1,49 @@
-"""Load an exported model directory (TensorFlow only, nothing from `training/`)."""
+"""The model directory: its manifest, its exported encoders, and the interface they offer.
+
+`training.export` writes what this module reads (docs/CONTRACTS.md). Loading needs
+TensorFlow only, nothing from `training/`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+from vsepp.images import ImageFileError, canonical_image_bytes
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "vsepp-model/1"
 
 
+class EncodersLike(Protocol):
+    """What indexing, evaluation and serving need of a model: `Encoders`, or a test's stand-in."""
+
+    manifest: dict[str, Any]
+    embed_dim: int
+    model_hash: str
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 [n, D] vectors, int32 [n] count of in-vocabulary words)."""
+        ...
+
+    def encode_image_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """float32 [n, D] vectors of image files in canonical form (`vsepp.images`)."""
+        ...
+
+
 class Encoders:
     """The exported image and text encoders of one model directory."""
 
     def __init__(self, model_dir: str | os.PathLike[str]) -> None:
-        import tensorflow as tf  # imported here so that `import index` stays light
+        import tensorflow as tf  # imported here so that reading a manifest stays light
 
         self._tf = tf
         self.model_dir = Path(model_dir)
@@ -46,10 +69,27 @@ class Encoders:
         return out["embedding"].numpy(), out["known_tokens"].numpy()
 
     def encode_image_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
-        """Embeddings float32 [n, D] of encoded images (JPEG, PNG, GIF, BMP)."""
+        """Embeddings float32 [n, D] of image files, each first put in canonical form.
+
+        `vsepp.images.canonical_image_bytes` is applied here, so no caller can bypass it (on
+        bytes already canonical it costs a header parse). Raises ImageFileError for a file
+        that is no usable image, naming its position when there are several.
+        """
         if not blobs:
             return np.zeros((0, self.embed_dim), np.float32)
-        out = self._image.encode_bytes(self._tf.constant(list(blobs), dtype=self._tf.string))
+        canonical = []
+        for i, blob in enumerate(blobs):
+            try:
+                canonical.append(canonical_image_bytes(blob))
+            except ImageFileError as e:
+                raise ImageFileError(e.reason, _nth(i, len(blobs), str(e))) from e
+        try:
+            out = self._image.encode_bytes(self._tf.constant(canonical, dtype=self._tf.string))
+        except self._tf.errors.InvalidArgumentError as e:
+            # TensorFlow's decoder found a truncated or corrupt JPEG/PNG body.
+            first = (e.message or str(e)).strip().splitlines()[0][:200]
+            where = "the image" if len(blobs) == 1 else f"one of the {len(blobs)} images"
+            raise ImageFileError("corrupt", f"{where} is truncated or corrupt: {first}") from e
         return np.asarray(out.numpy(), dtype=np.float32)
 
     def encode_image_arrays(self, images: np.ndarray) -> np.ndarray:
@@ -61,15 +101,21 @@ class Encoders:
             return np.zeros((0, self.embed_dim), np.float32)
         return np.asarray(self._image.encode_array(self._tf.constant(arr)).numpy(), np.float32)
 
-    def facts(self) -> dict[str, Any]:
-        """What the health endpoint and index manifests say about the model."""
-        return {
-            "model_hash": self.model_hash,
-            "embed_dim": self.embed_dim,
-            "cnn": self.manifest.get("cnn"),
-            "vocab_size": self.manifest.get("text", {}).get("vocab_size"),
-            "image_size": self.image_size,
-        }
+
+def model_facts(encoders: EncodersLike) -> dict[str, Any]:
+    """What an index manifest records about the model it was built with."""
+    manifest = encoders.manifest
+    return {
+        "model_hash": encoders.model_hash,
+        "embed_dim": encoders.embed_dim,
+        "cnn": manifest.get("cnn"),
+        "vocab_size": manifest.get("text", {}).get("vocab_size"),
+        "image_size": manifest.get("image", {}).get("image_size"),
+    }
+
+
+def _nth(i: int, n: int, message: str) -> str:
+    return message if n == 1 else f"image {i} of {n}: {message}"
 
 
 def read_model_manifest(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -87,6 +133,18 @@ def read_model_manifest(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         if key not in manifest:
             raise ValueError(f"{path}: missing field {key!r}")
     return manifest
+
+
+def hash_tree(root: Path) -> str:
+    """sha256 over the relative paths and bytes of every file below `root`."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(b"\0")
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def load_encoders(model_dir: str | os.PathLike[str]) -> Encoders:

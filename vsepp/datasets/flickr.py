@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from training.datasets.core import (
+from vsepp.datasets.core import (
     IGNORE_BLANK,
     IGNORE_TOKEN_LINES,
     SKIP_DUPLICATE,

@@ -5,7 +5,7 @@ evaluation protocol expects. Every load logs one INFO line with what was read, s
 ignored; the same counts are on `SplitData.skipped` / `SplitData.ignored`.
 """
 
-from training.datasets.core import DatasetError, MissingImagesError, SplitData
-from training.datasets.loader import DATASETS, load_split
+from vsepp.datasets.core import DatasetError, MissingImagesError, SplitData
+from vsepp.datasets.loader import DATASETS, load_split
 
 __all__ = ["DATASETS", "DatasetError", "MissingImagesError", "SplitData", "load_split"]
