@@ -108,7 +108,7 @@ stage_index() {
     model_ready || die "index: no model in $RUN_DIR (run the train stage first)"
     log "index: test split of $DATASET -> $INDEX_DIR"
     "$PYTHON" -m index.build --model_dir "$RUN_DIR" --images_path "$IMAGES_PATH" \
-        --texts_path "$TEXTS_PATH" --imgs_file_path "$TEST_SPLIT" --out "$INDEX_DIR"
+        --texts_path "$TEXTS_PATH" --imgs_file_path "$TEST_SPLIT" --index_dir "$INDEX_DIR"
 }
 
 stage_serve() {

@@ -46,7 +46,7 @@ async def validation_error(request: Request, exc: Exception) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     """Any HTTPException as {"detail": ...} (no body where HTTP allows none)."""
     assert isinstance(exc, StarletteHTTPException)
-    headers = getattr(exc, "headers", None)
+    headers = exc.headers
     if exc.status_code < 200 or exc.status_code in (204, 205, 304):
         return Response(status_code=exc.status_code, headers=headers)
     return JSONResponse({"detail": scrub(exc.detail)}, status_code=exc.status_code, headers=headers)

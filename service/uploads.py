@@ -1,4 +1,4 @@
-"""Reading an uploaded file with a byte bound, and running image work off the event loop."""
+"""Reading an uploaded file: its declared type checked first, its bytes read with a bound."""
 
 from __future__ import annotations
 

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 # Quieter TensorFlow; set before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# CI sets CI=true: there a test whose tool is missing must fail, not skip and stay green.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip the calling test when `what` is missing here; fail it under CI, which installs it."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing in CI, which must install it (.ci/run)")
+    pytest.skip(f"{what} is missing")
+
 
 TINY_TRAIN_FLAGS = [
     "--cnn", "tiny", "--cnn_weights", "none", "--crop_size", "64", "--resize_size", "64",
@@ -73,3 +87,22 @@ def demo_index_dir(
             "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def service_backend(demo_model_dir: Path, demo_index_dir: Path) -> Any:
+    """The demo model and index loaded as the service tests use them."""
+    from tests.service_helpers import demo_backend
+
+    return demo_backend(demo_model_dir, demo_index_dir)
+
+
+# Fixtures that train a model (or need one trained): a test that uses one is slow, whatever
+# its own marks say, so `pytest -m "not slow"` trains nothing.
+TRAINED_FIXTURES = frozenset({"demo_model_dir", "demo_index_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

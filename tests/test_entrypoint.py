@@ -126,7 +126,6 @@ def test_demo_pipeline_serves_searches_then_restarts_without_rebuilding(tmp_path
     assert (tmp_path / "run" / "test_metrics.json").is_file()
 
     # The second start finds every stage's output valid and only serves.
-    started = time.monotonic()
     proc, base, log = _run_all(tmp_path, timeout=120)
     try:
         assert _get_json(f"{base}/health")["status"] == "ok"
@@ -137,7 +136,6 @@ def test_demo_pipeline_serves_searches_then_restarts_without_rebuilding(tmp_path
         lines = [x for x in text_log.splitlines() if x.startswith(f"[entrypoint] {stage}:")]
         assert lines and all("skipped" in x for x in lines), text_log[-2000:]
     assert "training.train" not in text_log
-    assert time.monotonic() - started < 120
 
 
 def test_entrypoint_refuses_an_unknown_stage_and_dataset(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from index import store
 from index.collection import build_index_dir
 from index.store import IndexDirError, ModelMismatchError, NewCaption, NewImage, load_index
 from index.update import add_to_index
-from tests.index_helpers import collection, fake_image, faiss_threads, leftovers, unit_vectors
+from tests.index_helpers import collection, faiss_threads, fake_image, leftovers, unit_vectors
 
 
 @pytest.fixture(autouse=True)

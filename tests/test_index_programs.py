@@ -17,8 +17,8 @@ import pytest
 
 from index import add, build, evaluate, query, recall
 from index.collection import build_from_split
-from index.update import add_with_model
 from index.store import ModelMismatchError, load_index
+from index.update import add_with_model
 from tests.index_helpers import DIM, FakeEncoders, faiss_threads, fake_image, leftovers
 from vsepp.embed import EncoderOutputError, embed_images
 

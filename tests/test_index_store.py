@@ -23,8 +23,8 @@ from index.store import (
     write_index_dir,
 )
 from tests.index_helpers import (
-    fake_image,
     faiss_threads,
+    fake_image,
     leftovers,
     make_index,
     rewrite_json,

@@ -1,12 +1,12 @@
 """The HTTP API through FastAPI's TestClient: every endpoint, every bad input, the schema.
 
-The service runs against `tests.service_helpers.BACKEND` (a stand-in encoder over a
-real index directory until the demo fixtures exist; one line switches).
+The service runs on the session's tiny demo model and its index (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import io
 import json
 import logging
@@ -30,7 +30,6 @@ from tests.image_files import png_header_only
 from tests.service_helpers import (
     CountingEncoders,
     ServiceBackend,
-    get_backend,
     image_bytes,
     shape_image,
     uvicorn_in_thread,
@@ -45,8 +44,8 @@ SMALL_UPLOAD = 200_000
 
 
 @pytest.fixture(scope="module")
-def backend(request: pytest.FixtureRequest) -> ServiceBackend:
-    return get_backend(request)
+def backend(service_backend: ServiceBackend) -> ServiceBackend:
+    return service_backend
 
 
 @pytest.fixture
@@ -204,15 +203,6 @@ def test_text_search_matches_brute_force(client: TestClient, backend: ServiceBac
         assert image.content == backend.index.image_file(r["image_id"]).read_bytes()
 
 
-def test_text_search_finds_the_described_picture(
-    client: TestClient, backend: ServiceBackend
-) -> None:
-    if backend.expected_top_image is None:
-        pytest.skip("the demo model's answers are not known in advance")
-    body = client.post("/search/text", json={"query": backend.known_query, "k": 3}).json()
-    assert body["results"][0]["image_id"] == backend.expected_top_image
-
-
 def test_get_text_search_equals_post(client: TestClient, backend: ServiceBackend) -> None:
     posted = client.post("/search/text", json={"query": backend.known_query, "k": 4}).json()
     linked = client.get("/search/text", params={"q": backend.known_query, "k": 4}).json()
@@ -350,15 +340,10 @@ def test_image_search_returns_captions_best_first(
         assert r["caption_id"] == backend.index.caption_ids[row]
         assert r["image_id"] == backend.index.image_ids[backend.index.caption_image_rows[row]]
         assert r["image_url"].startswith("/images/")
-    # The same vector, searched directly, gives the same captions.
-    with Image.open(backend.sample_image) as image:
-        rgb = np.asarray(image.convert("RGB"))
-    vector = backend.encoders.encode_image_arrays(rgb[None])
+    # The file's vector, searched directly, gives the same captions.
+    vector = backend.encoders.encode_image_bytes([backend.sample_image.read_bytes()])
     _, rows = backend.index.search_captions(vector, 7)
     assert [r["caption_row"] for r in results] == rows[0].tolist()
-    if backend.upload_words:
-        top = results[0]["caption"]
-        assert all(word in top for word in backend.upload_words), top
 
 
 def test_image_search_default_k(client: TestClient, backend: ServiceBackend) -> None:
@@ -413,8 +398,6 @@ def test_image_formats_are_decoded_and_searched(
     body = response.json()
     assert (body["width"], body["height"]) == (64, 64)
     assert len(body["results"]) == 3
-    if backend.name == "stand_in" and variant not in ("png16", "grayscale-jpeg"):
-        assert "red" in body["results"][0]["caption"], body["results"][0]
 
 
 def test_missing_file_is_422(client: TestClient) -> None:
@@ -692,10 +675,10 @@ def test_embed_image(client: TestClient, backend: ServiceBackend) -> None:
     response = client.post("/embed/image", files=sample_upload(backend))
     assert response.status_code == 200
     body = response.json()
-    with Image.open(backend.sample_image) as image:
-        rgb = np.asarray(image.convert("RGB"))
-    expected = backend.encoders.encode_image_arrays(rgb[None])
-    np.testing.assert_allclose(np.array(body["vectors"]), expected, atol=1e-5)
+    # The uploaded file embeds as it did when it was indexed: one decoder for both.
+    row = backend.index.image_row(backend.sample_image.name)
+    indexed = backend.index.vectors("images")[row]
+    np.testing.assert_allclose(np.array(body["vectors"][0]), indexed, atol=1e-5)
     assert body["dim"] == backend.encoders.embed_dim
 
 
@@ -928,29 +911,25 @@ def test_openapi_lists_every_endpoint_with_its_models(openapi: dict[str, Any]) -
     assert "503" in paths["/health"]["get"]["responses"]
 
 
-def test_openapi_schemas_are_valid_json_schema(openapi: dict[str, Any]) -> None:
+def test_openapi_document_is_valid_openapi(openapi: dict[str, Any]) -> None:
     from jsonschema import Draft202012Validator
+    from openapi_spec_validator import validate
 
-    Draft202012Validator.check_schema(openapi)  # no stray keywords at any level
+    # Validated as OpenAPI (its version's own schema, $refs resolved), not as a JSON Schema.
+    validate(openapi)
     for name, schema in openapi["components"]["schemas"].items():
         Draft202012Validator.check_schema(schema), name
-    # Every $ref points at a schema that exists.
-    refs = set()
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("$ref"), str):
-                refs.add(node["$ref"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
 
-    walk(openapi)
-    for ref in refs:
-        assert ref.startswith("#/components/schemas/"), ref
-        assert ref.rsplit("/", 1)[1] in openapi["components"]["schemas"], ref
+def test_openapi_validation_does_catch_a_broken_document(openapi: dict[str, Any]) -> None:
+    from openapi_spec_validator import validate
+    from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+
+    broken = copy.deepcopy(openapi)
+    first = next(iter(broken["paths"].values()))
+    next(iter(first.values()))["responses"] = {"200": {"content": {}}}  # no description
+    with pytest.raises(OpenAPIValidationError):
+        validate(broken)
 
 
 def test_answers_match_the_published_schemas(

@@ -9,13 +9,19 @@ from typing import Any
 import pytest
 
 from service.__main__ import log_config, main, parse_args
+from vsepp.cli import UsageError
+
+NAMES = ("HOST", "PORT", "WEB_CONCURRENCY", "VSEPP_MODEL_DIR", "VSEPP_INDEX_DIR",
+         "PROMETHEUS_MULTIPROC_DIR")  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "VSEPP_MODEL_DIR", "VSEPP_INDEX_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # setenv first, so that monkeypatch records each variable and restores (or removes) it
+    # afterwards even when `main` sets it: nothing leaks into later tests.
+    for name in NAMES:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def test_defaults_are_loopback_8000_one_worker() -> None:
@@ -40,8 +46,9 @@ def test_bad_flags_are_refused(argv: list[str]) -> None:
 
 def test_bad_port_env_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PORT", "eighty")
-    with pytest.raises(SystemExit, match="PORT"):
+    with pytest.raises(UsageError, match="PORT"):
         parse_args([])
+    assert main([]) == 2
 
 
 def test_main_runs_uvicorn_with_the_app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

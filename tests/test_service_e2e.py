@@ -1,8 +1,7 @@
 """End to end: `python -m service` as a real uvicorn process, real model, real index, HTTP.
 
-The model and index are the lead's demo fixtures (`demo_model_dir`, `demo_index_dir` in
-tests/conftest.py) when they exist; until then a tiny untrained model is exported with
-training.export and indexed with index.build, so the real TensorFlow encoders still serve.
+The model and index are the session's demo fixtures (`demo_model_dir`, `demo_index_dir`
+in tests/conftest.py), trained and built by the real programs.
 """
 
 from __future__ import annotations
@@ -13,19 +12,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.service_helpers import (
-    COLOURS,
-    SHAPES,
     free_port,
     image_bytes,
     shape_image,
-    stand_in_captions,
 )
 
 pytestmark = pytest.mark.slow
@@ -34,76 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 180.0
 
 
-@dataclass
-class _Split:
-    """Enough of a dataset split for index.build.build_from_split."""
-
-    name: str
-    image_ids: list[str] = field(default_factory=list)
-    image_paths: list[Path] = field(default_factory=list)
-    captions: list[str] = field(default_factory=list)
-    captions_per_image: int = 5
-
-
-def build_tiny_model_and_index(root: Path) -> tuple[Path, Path]:
-    """Export an untrained tiny VSE++ model and index 12 pictures with it."""
-    from index.build import build_from_split
-    from training.backbones import preprocess_for
-    from training.config import ModelConfig
-    from training.export import export_model
-    from training.images import ImageConfig
-    from training.model import build_image_encoder, build_text_encoder
-    from training.text import Vocabulary
-    from vsepp.model_dir import load_encoders
-
-    split = _Split(name="test")
-    pictures = root / "pictures"
-    pictures.mkdir(parents=True)
-    for colour in COLOURS:
-        for shape in SHAPES:
-            path = pictures / f"{colour}_{shape}.jpg"
-            path.write_bytes(image_bytes(shape_image(colour, shape, size=48), "JPEG"))
-            split.image_ids.append(path.name)
-            split.image_paths.append(path)
-            split.captions.extend(stand_in_captions(colour, shape))
-    vocab = Vocabulary.build(split.captions, min_count=1)
-    cfg = ModelConfig(
-        cnn="tiny",
-        cnn_weights="none",
-        image_size=32,
-        resize_size=36,
-        joint_space=32,
-        word_dim=16,
-        vocab_size=len(vocab),
-    )
-    image_cfg = ImageConfig(image_size=32, resize_size=36, preprocess=preprocess_for("tiny"))
-    model_dir = root / "model"
-    export_model(
-        model_dir, build_image_encoder(cfg), build_text_encoder(cfg), vocab, cfg, image_cfg
-    )
-    index_dir = root / "index"
-    build_from_split(split, load_encoders(model_dir), index_dir, index_type="flat")
-    return model_dir, index_dir
-
-
 @pytest.fixture(scope="module")
-def real_dirs(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, Path]:
-    # demo_index_dir first: it is the one that tells the lead's fixtures are complete.
-    try:
-        index_dir = request.getfixturevalue("demo_index_dir")
-        model_dir = request.getfixturevalue("demo_model_dir")
-    except pytest.FixtureLookupError:
-        try:
-            import training.export  # noqa: F401
-        except ImportError as exc:
-            pytest.skip(
-                "no demo_model_dir/demo_index_dir fixtures in tests/conftest.py and no "
-                f"exporter to make a tiny model ({exc})"
-            )
-        return build_tiny_model_and_index(tmp_path_factory.mktemp("e2e"))
-    return Path(model_dir), Path(index_dir)
+def real_dirs(demo_model_dir: Path, demo_index_dir: Path) -> tuple[Path, Path]:
+    return demo_model_dir, demo_index_dir
 
 
 @dataclass

@@ -30,8 +30,13 @@ def test_train_writes_a_model_directory(demo_model_dir: Path, demo_data_dir: Pat
     manifest = json.loads((demo_model_dir / "manifest.json").read_text())
     assert manifest["format"] == "vsepp-model/1"
     assert manifest["embed_dim"] == 64 and manifest["cnn"] == "tiny"
-    assert manifest["metrics"]["val"]["rsum"] > 0
-    assert [h["epoch"] for h in manifest["history"]] == [1, 2, 3, 4, 5][: len(manifest["history"])]
+    # 40 validation images with 5 captions each: chance R@5 is 12.5 both ways; the seeded
+    # five-epoch run lands at 75-85, so 40 is a floor that only a broken trainer misses.
+    val = manifest["metrics"]["val"]
+    assert val["i2t"]["r5"] >= 40 and val["t2i"]["r5"] >= 40, val
+    # The history runs from epoch 1 to the exported one, one entry an epoch.
+    best = manifest["training"]["epoch"]
+    assert best >= 1 and [h["epoch"] for h in manifest["history"]] == list(range(1, best + 1))
     # The vocabulary comes from the training split only.
     train = load_split(
         demo_data_dir / "Flicker8k_Dataset",
@@ -162,11 +167,23 @@ def test_collapse_is_detected_and_named(tmp_path: Path) -> None:
         Trainer(mcfg, tcfg, data, tmp_path / "run").fit()
 
 
-def test_imagenet_weights_that_cannot_be_fetched_are_an_error() -> None:
+def test_imagenet_weights_that_cannot_be_fetched_are_an_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import urllib.error
+
+    from keras.src.backend import config
+    from keras.src.utils import file_utils
+
     from training.backbones import WeightsUnavailableError, build_backbone
 
-    if list((Path.home() / ".keras" / "models").glob("resnet50*")):
-        pytest.skip("ResNet50 ImageNet weights are cached on this machine")
+    # An empty cache and a download that fails as it does offline, whatever this machine has.
+    monkeypatch.setattr(config, "keras_home", lambda: str(tmp_path / "keras"))
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError(f"no network in this test ({url})")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
     with pytest.raises(WeightsUnavailableError, match="--cnn_weights"):
         build_backbone("resnet50", "imagenet", 64)
 

@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -34,9 +34,7 @@ from training.images import (
     train_image_transform,
 )
 from training.text import PAD, Vocabulary
-
-if TYPE_CHECKING:
-    from vsepp.datasets import SplitData
+from vsepp.datasets import SplitData
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vsepp.images import IMAGE_EXTENSIONS
+
 logger = logging.getLogger(__name__)
 
 # How many names an error or log line shows before "and N more".
 MAX_EXAMPLES = 5
 
-# Suffixes that make a name a file name already; anything else gets ".jpg" appended, since
-# Flickr30k split files (and some token files) list bare ids.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Suffixes that make a name a file name already (those of the formats vsepp.images reads);
+# anything else gets ".jpg" appended, since Flickr30k split files (and some token files)
+# list bare ids.
+IMAGE_SUFFIXES = tuple(sorted(IMAGE_EXTENSIONS))
 
 # Reasons in SplitData.skipped: what the split named but the result lacks.
 SKIP_MISSING_FILE = "images_missing_file"
