@@ -1,6 +1,6 @@
 """`vsepp-index COMMAND ...` (or `python -m index COMMAND ...`): the index programs in one.
 
-COMMAND is build, add, query or evaluate; the rest of the line goes to that program,
+COMMAND is build, add, remove, query or evaluate; the rest of the line goes to that program,
 exactly as `python -m index.COMMAND` takes it.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from index import add, build, evaluate, query
+from index import add, build, evaluate, query, remove
 from vsepp.cli import USAGE_ERROR
 
 COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
@@ -17,6 +17,7 @@ COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "add": add.main,
     "query": query.main,
     "evaluate": evaluate.main,
+    "remove": remove.main,
 }
 
 

@@ -1,23 +1,42 @@
 """Append images and captions to an index directory (`python -m index.add`).
 
-Embeds a dataset split (the same flags as `index.build`) or a JSON list of
-``{"file": PATH, "captions": [...], "image_id": optional}`` with the model the index was
-built with, and appends it (`index.update.add_with_model`): atomic, as a build is.
+    python -m index.add --model_dir runs/model --index_dir idx --images_dir ~/Pictures/new
+    python -m index.add --model_dir runs/model --index_dir idx --list more.csv
+    python -m index.add --model_dir runs/model --index_dir idx --items new.json
+
+Takes the sources `index.build` takes (a dataset split, `--images_dir`, `--list`, with
+`--captions` for a corpus; or `--captions` alone) or a JSON list of ``{"file": PATH, "captions": [...],
+"image_id": optional}``, embeds what is not indexed yet with the model the index was built
+with, and appends it (`index.update`): atomic, as a build is.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import faiss
 
-from index.update import add_with_model, read_items
+from index.collection import collect_shards, require_cosine
+from index.shards import embed_to_shards, write_corpus
+from index.source_args import (
+    add_collection_args,
+    check_source_args,
+    collection_items,
+    collection_source,
+)
+from index.sources import read_caption_corpus
+from index.store import check_built_with, load_index, read_manifest
+from index.update import add_to_index, add_with_model, read_items
 from vsepp.cli import add_index_dir, add_log_level, add_model_dir, program, setup_logging
 from vsepp.datasets.args import add_dataset_args, add_split_args, load_split_from_args
-from vsepp.model_dir import load_encoders
+from vsepp.embed import embed_texts
+from vsepp.model_dir import EncodersLike, load_encoders
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +48,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_model_dir(p, help="exported model the index was built with")
     add_index_dir(p, "--index", help="index directory to append to (--index works too)")
-    # What to add: a dataset split, or --items.
     add_dataset_args(p, required=False)
     add_split_args(p, required=False)
+    add_collection_args(p)
     p.add_argument(
         "--items", type=Path, help='JSON list of {"file", "captions": [...], "image_id"?}'
     )
@@ -40,22 +59,59 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--copy_images",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="copy the image files into INDEX/images (needed to serve them)",
+        help="copy (hard-link where possible) the image files into INDEX/images (to serve them)",
     )
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the recall measurement")
     add_log_level(p)
     args = p.parse_args(argv)
-    if (args.items is None) == (args.texts_path is None):
-        p.error("give either --items or a dataset (--images_path --texts_path --split/...)")
-    if args.texts_path is not None:
-        if args.images_path is None:
-            p.error("--texts_path needs --images_path")
-        if (args.imgs_file_path is None) == (args.split is None):
-            p.error("give exactly one of --imgs_file_path and --split")
+    check_source_args(p, args, captions_alone=True)
+    if args.from_shards is not None:
+        p.error("--from_shards is for index.build")
     if args.batch_size < 1:
         p.error(f"--batch_size={args.batch_size}: must be at least 1")
     return args
+
+
+def add_collection(args: argparse.Namespace, encoders: EncodersLike) -> dict[str, Any]:
+    """Embed the folder's or list's images that the index lacks, then append them."""
+    index_dir = Path(args.index_dir)
+    check_built_with(index_dir, read_manifest(index_dir), encoders.model_hash, encoders.embed_dim)
+    require_cosine(encoders.manifest)
+    loaded = load_index(index_dir)
+    present = set(loaded.image_ids) | set(loaded.images_by_alias)
+    del loaded
+    # No image source: only --captions, a corpus for an index of images alone.
+    given = args.images_dir is not None or args.list is not None
+    items = (i for i in collection_items(args) if i.image_id not in present) if given else iter(())
+    # The shards of this run live beside the index, on its file system, and go afterwards.
+    shards = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.add-", dir=index_dir.parent))
+    try:
+        embed_to_shards(
+            items,
+            encoders,
+            shards / "shards",
+            source=collection_source(args),
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            max_pixels=args.max_image_pixels,
+        )
+        if args.captions is not None:
+            texts = read_caption_corpus(args.captions)
+            write_corpus(shards / "shards", texts, embed_texts(encoders, texts))
+        got = collect_shards(shards / "shards", copy_images=args.copy_images)
+        return add_to_index(
+            index_dir,
+            got.image_vectors,
+            got.images,
+            got.caption_vectors,
+            got.captions,
+            expected_model_hash=encoders.model_hash,
+            skipped_images=got.skipped,
+            seed=args.seed,
+        )
+    finally:
+        shutil.rmtree(shards, ignore_errors=True)
 
 
 @program
@@ -65,23 +121,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    if args.items is not None:
-        ids, files, caps = read_items(args.items)
-    else:
-        split = load_split_from_args(args, args.imgs_file_path or args.split)
-        ids, files = list(split.image_ids), list(split.image_paths)
-        caps = [split.captions_of(i) for i in range(len(ids))]
     encoders = load_encoders(args.model_dir)
-    manifest = add_with_model(
-        encoders,
-        args.index_dir,
-        ids,
-        files,
-        caps,
-        batch_size=args.batch_size,
-        copy_images=args.copy_images,
-        seed=args.seed,
-    )
+    if (
+        args.images_dir is not None
+        or args.list is not None
+        or (args.items is None and (args.texts_path is None))
+    ):
+        manifest = add_collection(args, encoders)
+    else:
+        if args.items is not None:
+            ids, files, caps = read_items(args.items)
+        else:
+            split = load_split_from_args(args, args.imgs_file_path or args.split)
+            ids, files = list(split.image_ids), list(split.image_paths)
+            caps = [split.captions_of(i) for i in range(len(ids))]
+        manifest = add_with_model(
+            encoders,
+            args.index_dir,
+            ids,
+            files,
+            caps,
+            batch_size=args.batch_size,
+            copy_images=args.copy_images,
+            seed=args.seed,
+        )
     log.info(
         "%s now holds %d images and %d captions",
         args.index_dir,

@@ -1,11 +1,15 @@
-"""Build an index directory from a dataset split with an exported model.
+"""Build an index directory with an exported model: a dataset split, or your own images.
 
     python -m index.build --model_dir runs/model --images_path data/Flicker8k_Dataset \\
         --texts_path data/Flickr8k.token.txt --split test --index_dir indexes/flickr8k
+    python -m index.build --model_dir runs/model --images_dir ~/Pictures --index_dir idx
+    python -m index.build --model_dir runs/model --list photos.csv --captions notes.txt ...
 
-Reads the split (`vsepp.datasets`) and hands it to `index.collection.build_from_split`,
-which embeds every image file (skipping and recording the ones that cannot be read or
-decoded) and its captions and writes the directory atomically: the previous index at
+A split goes to `index.collection.build_from_split`. A folder (`--images_dir`) or a list
+file (`--list`, CSV/JSONL/Parquet) is embedded into shards on disk (`index.shards`:
+bounded memory, `--resume` after a kill), then indexed (`build_from_shards`); so is
+`--from_shards DIR`, shards made elsewhere. Unusable files are skipped and listed in the
+manifest with their reason. The directory is written atomically: the previous index at
 --index_dir stays whole until the new one is complete.
 """
 
@@ -13,14 +17,26 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from collections.abc import Sequence
+from typing import Any
 
 import faiss
 
-from index.collection import RECALL_QUERIES, build_from_split
+from index.collection import RECALL_QUERIES, build_from_shards, build_from_split, require_cosine
 from index.faiss_index import DEFAULT_PARAMS, INDEX_TYPES
+from index.shards import embed_to_shards, write_corpus
+from index.source_args import (
+    add_collection_args,
+    check_source_args,
+    collection_items,
+    collection_source,
+    shards_of,
+)
+from index.sources import read_caption_corpus
 from vsepp.cli import add_index_dir, add_log_level, add_model_dir, program, setup_logging
 from vsepp.datasets.args import add_dataset_args, add_split_args, load_split_from_args
+from vsepp.embed import embed_texts
 from vsepp.model_dir import load_encoders, model_facts
 
 log = logging.getLogger(__name__)
@@ -46,12 +62,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of `python -m index.build`."""
     p = argparse.ArgumentParser(
         prog="python -m index.build",
-        description="Embed a dataset split and write a FAISS index directory.",
+        description="Embed a dataset split, a folder or a list of images and write a FAISS "
+        "index directory.",
     )
     add_model_dir(p, help="exported model (training.export)")
-    add_dataset_args(p)
-    add_split_args(p, required=True)
     add_index_dir(p, "--out", help="index directory to (re)write (--out works too)")
+    add_dataset_args(p, required=False)
+    add_split_args(p, required=False)
+    add_collection_args(p)
     p.add_argument(
         "--index_type",
         default="auto",
@@ -81,6 +99,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
     add_log_level(p)
     args = p.parse_args(argv)
+    check_source_args(p, args)
     if args.batch_size < 1:
         p.error(f"--batch_size={args.batch_size}: must be at least 1")
     if args.recall_queries < 1:
@@ -95,9 +114,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
+    split_given = args.texts_path is not None
+    manifest = _build_split(args) if split_given else build_collection(args)
+    log.info(
+        "index %s: %d images (%s, recall@10 %.3f), %d captions (%s, recall@10 %.3f), %d skipped",
+        args.index_dir,
+        manifest["images"]["count"],
+        manifest["images"]["index_type"],
+        manifest["images"]["recall_at_10"],
+        manifest["captions"]["count"],
+        manifest["captions"]["index_type"],
+        manifest["captions"]["recall_at_10"],
+        len(manifest["skipped_images"]),
+    )
+    return 0
+
+
+def _build_split(args: argparse.Namespace) -> dict[str, Any]:
     split = load_split_from_args(args, args.imgs_file_path or args.split)
     encoders = load_encoders(args.model_dir)
-    manifest = build_from_split(
+    return build_from_split(
         split,
         encoders,
         args.index_dir,
@@ -118,18 +154,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         model_facts=model_facts(encoders),
     )
-    log.info(
-        "index %s: %d images (%s, recall@10 %.3f), %d captions (%s, recall@10 %.3f), %d skipped",
+
+
+def build_collection(args: argparse.Namespace) -> dict[str, Any]:
+    """A folder, a list file or ready shards -> shards -> the index directory."""
+    shards = shards_of(args)
+    if args.from_shards is None:
+        encoders = load_encoders(args.model_dir)
+        require_cosine(encoders.manifest)
+        summary = embed_to_shards(
+            collection_items(args),
+            encoders,
+            shards,
+            source=collection_source(args),
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            resume=args.resume,
+            max_pixels=args.max_image_pixels,
+        )
+        print(summary.line())
+        if args.captions is not None:
+            texts = read_caption_corpus(args.captions)
+            write_corpus(shards, texts, embed_texts(encoders, texts))
+        facts = model_facts(encoders)
+    else:
+        facts = None
+    manifest = build_from_shards(
+        shards,
         args.index_dir,
-        manifest["images"]["count"],
-        manifest["images"]["index_type"],
-        manifest["images"]["recall_at_10"],
-        manifest["captions"]["count"],
-        manifest["captions"]["index_type"],
-        manifest["captions"]["recall_at_10"],
-        len(manifest["skipped_images"]),
+        index_type=args.index_type,
+        params=dict(args.param),
+        copy_images=args.copy_images,
+        seed=args.seed,
+        recall_queries=args.recall_queries,
+        source={"model_dir": str(args.model_dir)},
+        extra={"model": facts} if facts else None,
     )
-    return 0
+    if args.from_shards is None and not args.keep_shards:
+        shutil.rmtree(shards, ignore_errors=True)
+    return manifest
 
 
 if __name__ == "__main__":

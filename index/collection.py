@@ -10,6 +10,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ import faiss
 import numpy as np
 
 from index.faiss_index import build_index, measure_recall
+from index.shards import read_corpus, read_shards, read_shards_meta
 from index.store import (
     CaptionRecord,
-    ImageRecord,
     IndexPart,
     NewCaption,
     NewImage,
@@ -33,6 +34,7 @@ from vsepp.model_dir import EncodersLike
 log = logging.getLogger(__name__)
 
 RECALL_QUERIES = 1000  # queries for the recall@10 recorded in the manifest
+CORPUS = "corpus"  # caption-id prefix of captions tied to no image
 _NORM_TOLERANCE = 1e-3
 
 
@@ -60,10 +62,15 @@ def caption_records(
     row_of: Mapping[str, int],
     counts: Counter[str] | None = None,
 ) -> list[CaptionRecord]:
-    """Records for `captions`; ids are "IMAGE_ID#n", n continuing from `counts` per image."""
+    """Records for `captions`; ids are "IMAGE_ID#n", n continuing from `counts` per image
+    (a corpus caption, tied to no image, is "corpus#n" with image row -1)."""
     counts = Counter() if counts is None else counts
     out = []
     for c in captions:
+        if c.image_id is None:
+            out.append(CaptionRecord(f"{CORPUS}#{counts[CORPUS]}", -1, c.text))
+            counts[CORPUS] += 1
+            continue
         if c.image_id not in row_of:
             raise ValueError(f"caption {c.text[:40]!r} refers to unknown image_id {c.image_id!r}")
         out.append(CaptionRecord(f"{c.image_id}#{counts[c.image_id]}", row_of[c.image_id], c.text))
@@ -116,8 +123,6 @@ def build_index_dir(
     """
     if not images:
         raise ValueError("no images to index")
-    if not captions:
-        raise ValueError("no captions to index")
     check_counts(image_vectors, images, "images")
     check_counts(caption_vectors, captions, "captions")
     row_of: dict[str, int] = {}
@@ -128,26 +133,139 @@ def build_index_dir(
         if im.file is not None:
             check_image_id(im.image_id)
     img = normalize(image_vectors, "image vectors")
-    cap = normalize(caption_vectors, "caption vectors")
-    if img.shape[1] != cap.shape[1]:
-        raise ValueError(f"image vectors have dim {img.shape[1]}, caption vectors {cap.shape[1]}")
+    dim = img.shape[1]
+    cap = normalize(caption_vectors, "caption vectors") if len(captions) else empty_vectors(dim)
+    if cap.shape[1] != dim:
+        raise ValueError(f"image vectors have dim {dim}, caption vectors {cap.shape[1]}")
     parts = {}
     for side, x in (("images", img), ("captions", cap)):
-        index, info = build_index(x, index_type, seed=seed, **dict(params or {}))
-        facts = side_facts(index, info, x, recall_queries=recall_queries, seed=seed)
-        parts[side] = IndexPart(index, facts, vectors=x)
+        parts[side] = build_part(x, index_type, params, seed=seed, recall_queries=recall_queries)
     return write_index_dir(
         out,
         images=parts["images"],
         captions=parts["captions"],
-        image_records=[
-            ImageRecord(im.image_id, im.image_id if im.file is not None else None) for im in images
-        ],
+        image_records=[im.record() for im in images],
         caption_records=caption_records(captions, row_of),
         model_hash=model_hash,
         image_files={im.image_id: im.file for im in images if im.file is not None},
         source=source,
         skipped_images=skipped_images,
+        extra=extra,
+    )
+
+
+def empty_vectors(dim: int) -> np.ndarray:
+    return np.zeros((0, dim), np.float32)
+
+
+def build_part(
+    x: np.ndarray,
+    index_type: str,
+    params: Mapping[str, Any] | None,
+    *,
+    seed: int,
+    recall_queries: int,
+) -> IndexPart:
+    """One side's FAISS index and manifest facts; an empty side is an empty exact index
+    (an index of images only answers text-to-image and image-to-image searches)."""
+    if not len(x):
+        facts = {"index_type": "flat", "requested_type": index_type, "params": {},
+                 "factory": "Flat", "count": 0, "dim": int(x.shape[1]), "exact": True,
+                 "metric": "inner_product", "recall_at_10": 1.0, "recall_queries": 0}  # fmt: skip
+        return IndexPart(faiss.IndexFlatIP(int(x.shape[1])), facts, vectors=x)
+    index, info = build_index(x, index_type, seed=seed, **dict(params or {}))
+    facts = side_facts(index, info, x, recall_queries=recall_queries, seed=seed)
+    return IndexPart(index, facts, vectors=x)
+
+
+@dataclass
+class Collected:
+    """The contents of a shards directory, ready for `build_index_dir` or `add_to_index`."""
+
+    image_vectors: np.ndarray
+    images: list[NewImage]
+    caption_vectors: np.ndarray
+    captions: list[NewCaption]
+    skipped: list[dict[str, Any]]
+    duplicates: int
+    meta: dict[str, Any]
+
+
+def collect_shards(shards_dir: str | os.PathLike[str], *, copy_images: bool) -> Collected:
+    """Read every complete shard (and the corpus); duplicates become aliases of the image
+    they repeat. Holds all vectors: the caller's index needs them anyway."""
+    meta = read_shards_meta(shards_dir)
+    dim = int(meta["dim"])
+    records: list[dict[str, Any]] = []
+    image_vectors, caption_vectors = [empty_vectors(dim)], [empty_vectors(dim)]
+    skipped: list[dict[str, Any]] = []
+    aliases: dict[str, list[str]] = {}
+    for shard in read_shards(shards_dir):
+        records.extend(shard.images)
+        image_vectors.append(np.asarray(shard.vectors))
+        caption_vectors.append(np.asarray(shard.caption_vectors))
+        skipped.extend(shard.skipped)
+        for d in shard.duplicates:
+            aliases.setdefault(d["of"], []).append(d["image_id"])
+    images = [
+        NewImage(
+            r["image_id"],
+            Path(r["file"]) if copy_images else None,
+            r["width"],
+            r["height"],
+            r["meta"] or None,
+            tuple(aliases.get(r["image_id"], ())),
+            r["file"],
+        )
+        for r in records
+    ]
+    captions = [NewCaption(r["image_id"], t) for r in records for t in r["captions"]]
+    corpus = read_corpus(shards_dir)
+    if corpus is not None:
+        captions += [NewCaption(None, t) for t in corpus[0]]
+        caption_vectors.append(corpus[1])
+    return Collected(
+        np.concatenate(image_vectors),
+        images,
+        np.concatenate(caption_vectors),
+        captions,
+        skipped,
+        sum(len(v) for v in aliases.values()),
+        meta,
+    )
+
+
+def build_from_shards(
+    shards_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    index_type: str = "auto",
+    params: Mapping[str, Any] | None = None,
+    copy_images: bool = True,
+    seed: int = 0,
+    recall_queries: int = RECALL_QUERIES,
+    source: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the index directory `out` from the complete shards of `shards_dir`; skipped
+    files are listed with their reason in the manifest."""
+    got = collect_shards(shards_dir, copy_images=copy_images)
+    if not got.images:
+        first = f" (first: {got.skipped[0]['image_id']}: {got.skipped[0]['reason']})"
+        raise ValueError(f"{shards_dir}: no image could be embedded{first if got.skipped else ''}")
+    return build_index_dir(
+        out,
+        got.image_vectors,
+        got.images,
+        got.caption_vectors,
+        got.captions,
+        model_hash=str(got.meta["model_hash"]),
+        index_type=index_type,
+        params=params,
+        seed=seed,
+        recall_queries=recall_queries,
+        source={**got.meta["source"], **(source or {}), "duplicates": got.duplicates},
+        skipped_images=got.skipped,
         extra=extra,
     )
 

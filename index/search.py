@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,9 @@ class ImageHit:
     image_id: str
     score: float  # cosine similarity
     captions: list[str]  # the image's own captions in the index
+    width: int | None = None  # upright size, where the index knows it
+    height: int | None = None
+    meta: dict[str, Any] | None = None  # the list file's other columns
 
 
 @dataclass(frozen=True)
@@ -32,37 +36,49 @@ class CaptionHit:
     caption: str
     caption_id: str
     caption_row: int  # row of the caption index
-    image_id: str  # the image the caption belongs to
+    image_id: str | None  # the image the caption belongs to; None for a corpus caption
     score: float  # cosine similarity
 
 
-def _ranked(scores: np.ndarray, rows: np.ndarray) -> list[tuple[int, float, int]]:
+def _ranked(scores: np.ndarray, rows: np.ndarray, first_rank: int) -> list[tuple[int, float, int]]:
     """(rank, score, row) best first; FAISS pads missing results with row -1."""
     kept = [(float(s), int(r)) for s, r in zip(scores, rows, strict=True) if r >= 0]
-    return [(rank, s, r) for rank, (s, r) in enumerate(kept, start=1)]
+    return [(rank, s, r) for rank, (s, r) in enumerate(kept, start=first_rank)]
 
 
-def image_hits(index: LoadedIndex, scores: np.ndarray, rows: np.ndarray) -> list[ImageHit]:
-    """Hits of one query's image rows and scores."""
-    return [
-        ImageHit(rank, index.image_ids[row], score, index.captions_of(row))
-        for rank, score, row in _ranked(scores, rows)
-    ]
-
-
-def caption_hits(index: LoadedIndex, scores: np.ndarray, rows: np.ndarray) -> list[CaptionHit]:
-    """Hits of one query's caption rows and scores."""
-    return [
-        CaptionHit(
-            rank,
-            index.captions[row],
-            index.caption_ids[row],
-            row,
-            index.image_ids[int(index.caption_image_rows[row])],
-            score,
+def image_hits(
+    index: LoadedIndex, scores: np.ndarray, rows: np.ndarray, *, first_rank: int = 1
+) -> list[ImageHit]:
+    """Hits of one query's image rows and scores (ranks from `first_rank`, for paging)."""
+    out = []
+    for rank, score, row in _ranked(scores, rows, first_rank):
+        record = index.image_records[row]
+        out.append(
+            ImageHit(
+                rank,
+                record.image_id,
+                score,
+                index.captions_of(row),
+                record.width,
+                record.height,
+                record.meta,
+            )
         )
-        for rank, score, row in _ranked(scores, rows)
-    ]
+    return out
+
+
+def caption_hits(
+    index: LoadedIndex, scores: np.ndarray, rows: np.ndarray, *, first_rank: int = 1
+) -> list[CaptionHit]:
+    """Hits of one query's caption rows and scores (ranks from `first_rank`, for paging)."""
+    out = []
+    for rank, score, row in _ranked(scores, rows, first_rank):
+        image_row = int(index.caption_image_rows[row])
+        image_id = index.image_ids[image_row] if image_row >= 0 else None
+        out.append(
+            CaptionHit(rank, index.captions[row], index.caption_ids[row], row, image_id, score)
+        )
+    return out
 
 
 def search_text(encoders: EncodersLike, loaded: LoadedIndex, text: str, k: int) -> list[ImageHit]:

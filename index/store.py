@@ -65,14 +65,28 @@ class ImageRecord:
 
     image_id: str  # the dataset's id: the image path relative to the images root
     path: str | None  # relative to INDEX_DIR/images/; None when the file was not copied
+    width: int | None = None  # upright size in pixels (collections; None for datasets)
+    height: int | None = None
+    meta: dict[str, Any] | None = None  # a list file's other columns
+    aliases: tuple[str, ...] = ()  # ids of byte-identical files indexed as this one
+    source: str | None = None  # the file it was read from, for `index.remove --missing`
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"image_id": self.image_id, "path": self.path}
+        for key in ("width", "height", "meta", "source"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.aliases:
+            out["aliases"] = list(self.aliases)
+        return out
 
 
 @dataclass(frozen=True)
 class CaptionRecord:
     """One row of captions.json."""
 
-    caption_id: str  # "IMAGE_ID#n", n counting that image's captions from 0
-    image_row: int  # row of its image in images.json / images.faiss
+    caption_id: str  # "IMAGE_ID#n", n counting that image's captions from 0; "corpus#n"
+    image_row: int  # row of its image in images.json / images.faiss; -1: tied to no image
     text: str  # the raw caption
 
 
@@ -82,13 +96,30 @@ class NewImage:
 
     image_id: str  # unique id, a relative path (the dataset's image id)
     file: Path | None = None  # file to copy into INDEX_DIR/images/; None: no copy
+    width: int | None = None  # upright size in pixels, where known
+    height: int | None = None
+    meta: dict[str, Any] | None = None  # a list file's other columns
+    aliases: tuple[str, ...] = ()  # ids of byte-identical files indexed as this one
+    source: str | None = None  # the file it was read from
+
+    def record(self) -> ImageRecord:
+        """Its row of images.json (the copy, if any, is stored under its id)."""
+        return ImageRecord(
+            self.image_id,
+            self.image_id if self.file is not None else None,
+            self.width,
+            self.height,
+            self.meta,
+            self.aliases,
+            self.source,
+        )
 
 
 @dataclass(frozen=True)
 class NewCaption:
     """A caption to index (input of a build or an append)."""
 
-    image_id: str  # the image it describes
+    image_id: str | None  # the image it describes; None: a corpus caption tied to none
     text: str
 
 
@@ -128,9 +159,9 @@ def versions() -> dict[str, str]:
 # --------------------------------------------------------------------------- writing
 
 
-def _write_json(path: Path, value: Any) -> None:
+def _write_json(path: Path, value: Any, *, ascii_only: bool = False) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, ensure_ascii=False, indent=1)
+        json.dump(value, f, ensure_ascii=ascii_only, indent=1)
         f.write("\n")
 
 
@@ -184,7 +215,7 @@ def write_index_dir(
         dup = next(i for i, c in Counter(ids).items() if c > 1)
         raise ValueError(f"image_id {dup!r} appears more than once")
     for c in caption_records:
-        if not 0 <= c.image_row < len(image_records):
+        if not -1 <= c.image_row < len(image_records):
             raise ValueError(f"caption {c.caption_id!r}: image_row {c.image_row} out of range")
     image_files = dict(image_files or {})
     for r in image_records:
@@ -216,9 +247,9 @@ def write_index_dir(
                 vectors_file = VECTOR_FILES[side]
                 np.save(tmp / vectors_file, np.asarray(part.vectors, dtype=np.float32))
             manifest[side]["vectors_file"] = vectors_file
+        # ASCII escapes: source paths may hold bytes that are not UTF-8 (as surrogates).
         _write_json(
-            tmp / META_FILES["images"],
-            [{"image_id": r.image_id, "path": r.path} for r in image_records],
+            tmp / META_FILES["images"], [r.to_json() for r in image_records], ascii_only=True
         )
         _write_json(
             tmp / META_FILES["captions"],
@@ -232,7 +263,8 @@ def write_index_dir(
             if r.path is None:
                 continue
             if r.image_id in image_files:
-                _place_image(image_files[r.image_id], tmp / IMAGES_DIR / r.path, link=False)
+                # A hard link where it can: a collection's photos are not stored twice.
+                _place_image(image_files[r.image_id], tmp / IMAGES_DIR / r.path, link=True)
             else:
                 assert previous_dir is not None
                 old = previous_dir / IMAGES_DIR / r.path
@@ -269,6 +301,10 @@ def _field(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise IndexDirError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
     return value
+
+
+def _optional(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    return _field(obj, key, (kind, type(None)), where) if key in obj else None
 
 
 def read_manifest(index_dir: Path) -> dict[str, Any]:
@@ -320,7 +356,20 @@ def _read_image_records(path: Path) -> list[ImageRecord]:
         where = f"{path} [{i}]"
         image_id = _field(item, "image_id", str, where)
         rel = _field(item, "path", (str, type(None)), where)
-        out.append(ImageRecord(image_id, rel))
+        aliases = item.get("aliases", [])
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise IndexDirError(f"{where}: field 'aliases' must be a list of strings")
+        out.append(
+            ImageRecord(
+                image_id,
+                rel,
+                _optional(item, "width", int, where),
+                _optional(item, "height", int, where),
+                _optional(item, "meta", dict, where),
+                tuple(aliases),
+                _optional(item, "source", str, where),
+            )
+        )
     return out
 
 
@@ -332,7 +381,7 @@ def _read_caption_records(path: Path, n_images: int) -> list[CaptionRecord]:
     for i, item in enumerate(data):
         where = f"{path} [{i}]"
         row = _field(item, "image_row", int, where)
-        if not 0 <= row < n_images:
+        if not -1 <= row < n_images:
             raise IndexDirError(f"{where}: image_row {row} is not a row of images.json")
         caption_id = _field(item, "caption_id", str, where)
         out.append(CaptionRecord(caption_id, row, _field(item, "text", str, where)))
@@ -414,10 +463,15 @@ class LoadedIndex:
         self.dim = int(manifest["dim"])
         self._row_of = {image_id: row for row, image_id in enumerate(self.image_ids)}
         self._images_root = (index_dir / IMAGES_DIR).resolve()
-        # Caption rows grouped by image row: _caption_rows[_offsets[i]:_offsets[i + 1]].
-        self._caption_rows = np.argsort(self.caption_image_rows, kind="stable")
-        counts = np.bincount(self.caption_image_rows, minlength=len(self.image_ids))
+        # Caption rows grouped by image row: _caption_rows[_offsets[i]:_offsets[i + 1]];
+        # corpus captions (image row -1) sort first and belong to no image's group.
+        order = np.argsort(self.caption_image_rows, kind="stable")
+        tied = self.caption_image_rows[order] >= 0
+        self._caption_rows = order[tied]
+        counts = np.bincount(self.caption_image_rows[order][tied], minlength=len(self.image_ids))
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.images_by_alias = {a: r.image_id for r in image_records for a in r.aliases}
+        self.image_records = image_records
 
     @property
     def model_hash(self) -> str:

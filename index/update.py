@@ -15,17 +15,27 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from index.collection import caption_records, check_counts, normalize, require_cosine, side_facts
+from index.collection import (
+    CORPUS,
+    RECALL_QUERIES,
+    build_part,
+    caption_records,
+    check_counts,
+    empty_vectors,
+    normalize,
+    require_cosine,
+    side_facts,
+)
 from index.store import (
     SIDES,
     CaptionRecord,
-    ImageRecord,
     IndexPart,
     LoadedIndex,
     NewCaption,
@@ -86,14 +96,14 @@ def add_to_index(
             keep_images.append(i)
         keep_captions = []
         for j, c in enumerate(new_caption_records):
-            if c.image_id in seen:
+            if c.image_id is None or c.image_id in seen:  # corpus captions always go in
                 keep_captions.append(j)
             elif c.image_id not in existing:
                 raise ValueError(f"new caption {j} refers to unknown image_id {c.image_id!r}")
         dropped = len(new_caption_records) - len(keep_captions)
         if dropped:
             log.info("skipped %d captions of images already indexed", dropped)
-        if not keep_images:
+        if not keep_images and not keep_captions:
             log.info("nothing new to add to %s", index_dir)
             return old.manifest
 
@@ -124,13 +134,8 @@ def add_to_index(
 
         row_of = {image_id: row for row, image_id in enumerate(old.image_ids)}
         row_of.update({im.image_id: len(old.image_ids) + i for i, im in enumerate(images)})
-        image_records = [
-            ImageRecord(i, p) for i, p in zip(old.image_ids, old.image_paths, strict=True)
-        ]
-        image_records += [
-            ImageRecord(im.image_id, im.image_id if im.file is not None else None) for im in images
-        ]
-        counts = Counter(old.image_ids[r] for r in old.caption_image_rows)
+        image_records = [*old.image_records, *(im.record() for im in images)]
+        counts = _caption_counts(old)
         records = [*_old_caption_records(old), *caption_records(captions, row_of, counts)]
         history = [
             *manifest.get("updates", []),
@@ -155,6 +160,93 @@ def add_to_index(
             extra={k: v for k, v in manifest.items() if k in ("model",)} | {"updates": history},
             locked=True,
         )
+
+
+def _caption_counts(old: LoadedIndex) -> Counter[str]:
+    """Captions per image id (and of the corpus), so new caption ids continue the count."""
+    return Counter(CORPUS if r < 0 else old.image_ids[r] for r in old.caption_image_rows)
+
+
+def remove_from_index(
+    index_dir: str | os.PathLike[str],
+    image_ids: Sequence[str],
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Remove images (with their own captions and aliases) from `index_dir`, atomically.
+
+    Both FAISS indexes are rebuilt from the remaining vectors with the type and parameters
+    they were built with (HNSW cannot delete), and recall@10 is measured again. An id that
+    is an alias drops only that alias. Unknown ids are an error naming them.
+    """
+    index_dir = Path(index_dir)
+    with writer_lock(index_dir):
+        old = load_index(index_dir, mmap=False)
+        drop = set(image_ids)
+        aliased = {a for a in drop if a in old.images_by_alias}
+        unknown = sorted(drop - set(old.image_ids) - aliased)
+        if unknown:
+            raise ValueError(f"{index_dir}: no image {', '.join(map(repr, unknown[:5]))} to remove")
+        keep = [i for i, image_id in enumerate(old.image_ids) if image_id not in drop]
+        if not keep:
+            raise ValueError(f"{index_dir}: removing every image would leave an empty index")
+        new_row = {old_row: new for new, old_row in enumerate(keep)}
+        records = [
+            replace(r, aliases=tuple(a for a in r.aliases if a not in aliased))
+            for r in (old.image_records[i] for i in keep)
+        ]
+        caption_rows = [j for j, r in enumerate(old.caption_image_rows) if r < 0 or r in new_row]
+        captions = [
+            CaptionRecord(
+                old.caption_ids[j],
+                -1 if old.caption_image_rows[j] < 0 else new_row[int(old.caption_image_rows[j])],
+                old.captions[j],
+            )
+            for j in caption_rows
+        ]
+        manifest = old.manifest
+        parts = {}
+        for side, rows in (("images", keep), ("captions", caption_rows)):
+            facts = manifest[side]
+            params = {k: v for k, v in facts.get("params", {}).items() if k != "seed"}
+            vectors = np.asarray(old.vectors(side))[rows] if rows else empty_vectors(old.dim)
+            parts[side] = build_part(
+                vectors,
+                facts["index_type"],
+                params,
+                seed=seed,
+                recall_queries=int(facts.get("recall_queries") or RECALL_QUERIES),
+            )
+        removed = len(old.image_ids) - len(keep)
+        history = [
+            *manifest.get("updates", []),
+            {
+                "removed_images": removed,
+                "removed_aliases": len(aliased),
+                "removed_captions": len(old.captions) - len(captions),
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        ]
+        log.info("removing %d images and %d aliases from %s", removed, len(aliased), index_dir)
+        return write_index_dir(
+            index_dir,
+            images=parts["images"],
+            captions=parts["captions"],
+            image_records=records,
+            caption_records=captions,
+            model_hash=old.model_hash,
+            previous_dir=index_dir,
+            source=manifest.get("source"),
+            skipped_images=manifest.get("skipped_images", []),
+            extra={k: v for k, v in manifest.items() if k in ("model",)} | {"updates": history},
+            locked=True,
+        )
+
+
+def missing_images(index_dir: str | os.PathLike[str]) -> list[str]:
+    """Ids of the indexed images whose source file is gone (images with a recorded source)."""
+    loaded = load_index(index_dir)
+    return [r.image_id for r in loaded.image_records if r.source and not os.path.exists(r.source)]
 
 
 def _old_caption_records(old: LoadedIndex) -> list[CaptionRecord]:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     # spinning threads on busy cores made one flat search over 10k vectors 8x slower.
     # Scale with --workers instead. 0 leaves FAISS's default (all cores).
     faiss_threads: int = Field(default=1, ge=0)
+
+    # Bearer token of POST /admin/reload; unset (the default) turns the admin routes off.
+    admin_token: SecretStr | None = None
+    # Check the index directory's manifest this often (seconds) and reload a rebuilt index;
+    # 0 (the default) only reloads on SIGHUP or POST /admin/reload.
+    reload_interval_s: float = Field(default=0.0, ge=0.0)
+    # Where GET /thumbs keeps the thumbnails it made (default: a folder in the temp dir).
+    thumb_cache_dir: Path | None = None
 
     @field_validator("cors_origins", mode="before")
     @classmethod

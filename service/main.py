@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import logging
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,7 +24,7 @@ from service.config import Settings
 from service.imaging import configure_pil
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, ObservabilityMiddleware
-from service.routes import embed, health, images, page, search
+from service.routes import admin, embed, health, images, page, search, thumbs
 from service.routes.page import page_html
 from service.state import ServiceState
 from vsepp.model_dir import EncodersLike
@@ -44,6 +45,30 @@ def _version() -> str:
         return "0.0.0"
 
 
+def _on_sighup(state: ServiceState, tasks: list[asyncio.Task[None]]) -> None:
+    """SIGHUP reloads the index (in the process's main thread only; a test's in-thread
+    server goes without, and uses POST /admin/reload)."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        logger.info("SIGHUP: reloading the index")
+        tasks.append(loop.create_task(state.reload_quietly(), name="vsepp-reload"))
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError, NotImplementedError):
+        logger.debug("no SIGHUP handler here (not the main thread)")
+    else:
+        tasks.append(loop.create_task(_remove_on_exit(loop), name="vsepp-sighup"))
+
+
+async def _remove_on_exit(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
 def create_app(
     settings: Settings | None = None,
     encoders: EncodersLike | None = None,
@@ -61,6 +86,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loader = None
+        background: list[asyncio.Task[None]] = []
+        _on_sighup(state, background)
+        if settings.reload_interval_s > 0:
+            watcher = state.watch(settings.reload_interval_s)
+            background.append(asyncio.create_task(watcher, name="vsepp-watch-index"))
         if state.backend is None and settings.load_in_background:
             loader = asyncio.create_task(state.load(encoders, index), name="vsepp-load")
         elif state.backend is None:
@@ -70,10 +100,11 @@ def create_app(
         try:
             yield
         finally:
-            if loader is not None and not loader.done():
-                loader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loader
+            for task in [*background, *([loader] if loader is not None else [])]:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             await state.aclose()
 
     app = FastAPI(
@@ -84,7 +115,7 @@ def create_app(
     )
     app.state.vsepp = state
 
-    for module in (health, search, images, embed, page):
+    for module in (health, search, images, thumbs, embed, admin, page):
         app.include_router(module.router)
 
     errors.install(app)

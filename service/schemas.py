@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,9 @@ class TextSearchRequest(BaseModel):
 
     query: str = Field(min_length=1, description="The sentence; at most VSEPP_MAX_QUERY_CHARS.")
     k: int = Field(default=DEFAULT_K, ge=1, description="How many images; at most VSEPP_MAX_K.")
+    offset: int = Field(
+        default=0, ge=0, description="Results to skip (paging); at most VSEPP_MAX_K."
+    )
 
 
 class ImageResult(BaseModel):
@@ -31,7 +34,13 @@ class ImageResult(BaseModel):
     image_id: str
     score: float = Field(description="Cosine similarity between the query and the image.")
     image_url: str = Field(description="Where GET /images/{image_id} serves the image.")
+    thumb_url: str = Field(description="Where GET /thumbs/{image_id} serves a thumbnail.")
     captions: list[str] = Field(description="The image's captions in the index.")
+    width: int | None = Field(default=None, description="Upright width in pixels, if known.")
+    height: int | None = Field(default=None, description="Upright height in pixels, if known.")
+    meta: dict[str, Any] | None = Field(
+        default=None, description="The image's other columns in the list it was indexed from."
+    )
 
 
 class TextSearchResponse(BaseModel):
@@ -53,9 +62,11 @@ class CaptionResult(BaseModel):
     caption: str
     caption_id: str = Field(description="The caption's id in the index (IMAGE_ID#n).")
     caption_row: int = Field(ge=0, description="Row of the caption in the caption index.")
-    image_id: str = Field(description="The indexed image this caption belongs to.")
+    image_id: str | None = Field(
+        description="The indexed image this caption belongs to; null for a corpus caption."
+    )
     score: float = Field(description="Cosine similarity between the image and the caption.")
-    image_url: str
+    image_url: str | None
 
 
 class ImageSearchResponse(BaseModel):
@@ -108,6 +119,25 @@ class IndexFacts(BaseModel):
     caption_index_type: str | None = None
     built_at: str | None = None
     format: str | None = None
+    build_id: str | None = Field(default=None, description="The build being served.")
+
+
+class ReloadFacts(BaseModel):
+    reloads: int = Field(description="Rebuilt indexes swapped in since the start.")
+    last_error: str | None = Field(
+        default=None, description="Why the last reload was refused (the old index serves on)."
+    )
+    interval_s: float = Field(description="Manifest check interval; 0: SIGHUP or admin only.")
+
+
+class ReloadResponse(BaseModel):
+    """The index that now serves."""
+
+    status: Literal["reloaded"]
+    build_id: str | None
+    images: int
+    captions: int
+    took_ms: float
 
 
 class BatchingFacts(BaseModel):
@@ -122,6 +152,7 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
     model: ModelFacts
     index: IndexFacts
+    reload: ReloadFacts
     batching: BatchingFacts
 
 

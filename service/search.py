@@ -18,10 +18,26 @@ from vsepp.model_dir import EncodersLike
 
 @dataclass(frozen=True)
 class TextQuery:
-    """One text query as it waits in the batcher."""
+    """One text query as it waits in the batcher, with the engine (index) it is for."""
 
     text: str
     k: int
+    engine: SearchEngine
+
+
+def search_text_batch(queries: list[TextQuery]) -> list[TextHits]:
+    """Search a batch of text queries, each with its own engine: across a reload a batch
+    may hold queries for the old index and for the new one, and each gets an answer whole
+    from the index it was asked of."""
+    engines: dict[int, SearchEngine] = {id(q.engine): q.engine for q in queries}
+    if len(engines) == 1:
+        return queries[0].engine.search_texts(queries)
+    out: list[TextHits | None] = [None] * len(queries)
+    for key, engine in engines.items():
+        rows = [i for i, q in enumerate(queries) if id(q.engine) == key]
+        for i, hits in zip(rows, engine.search_texts([queries[i] for i in rows]), strict=True):
+            out[i] = hits
+    return [h for h in out if h is not None]
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,10 @@ class Ranked:
 
     scores: np.ndarray  # float32 [m]
     rows: np.ndarray  # int64 [m]
+
+    def after(self, offset: int) -> Ranked:
+        """The results past the first `offset` (a page further down)."""
+        return Ranked(self.scores[offset:], self.rows[offset:]) if offset else self
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,10 +17,11 @@ import anyio.to_thread
 from PIL import Image
 
 from index import LoadedIndex, check_built_with, load_index
+from index.store import MANIFEST
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.metrics import Metrics
-from service.search import SearchEngine, TextHits, TextQuery
+from service.search import SearchEngine, TextHits, TextQuery, search_text_batch
 from vsepp.images import canonical_image_bytes
 from vsepp.model_dir import EncodersLike, load_encoders
 
@@ -88,6 +92,18 @@ def _gray_png(side: int) -> bytes:
 _WARM_UP_PNG = _gray_png(32)
 
 
+def _build_id_on_disk(index_dir: Path | None) -> str | None:
+    """The build id in the index directory's manifest now, None if it cannot be read."""
+    if index_dir is None:
+        return None
+    try:
+        value = json.loads((Path(index_dir) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    build = value.get("build_id") if isinstance(value, dict) else None
+    return str(build) if build else None
+
+
 def warm_up(encoders: EncodersLike) -> None:
     """One tiny call per encoder, so that TensorFlow traces its graphs now and not on the
     first user's request (hundreds of milliseconds on a CPU)."""
@@ -95,6 +111,19 @@ def warm_up(encoders: EncodersLike) -> None:
     encoders.encode_texts(["warm up"])
     encoders.encode_image_bytes([_WARM_UP_PNG])
     logger.info("warmed up the encoders in %.2fs", time.perf_counter() - start)
+
+
+class ReloadRefused(Exception):
+    """A rebuilt index that was not swapped in; the old one keeps serving."""
+
+
+@dataclass
+class ReloadStatus:
+    """What /health says of reloading."""
+
+    reloads: int = 0  # indexes swapped in since start
+    last_error: str | None = None  # why the last attempt was refused, None after a success
+    refused_build: str | None = None  # build id of the refused index (not retried as is)
 
 
 @dataclass
@@ -105,24 +134,92 @@ class ServiceState:
     metrics: Metrics
     backend: Backend | None = None
     error: str | None = None
+    reload_status: ReloadStatus = field(default_factory=ReloadStatus)
     _limiter: tuple[asyncio.AbstractEventLoop, anyio.CapacityLimiter] | None = field(
         default=None, repr=False
     )
+    _batcher: MicroBatcher[TextQuery, TextHits] | None = field(default=None, repr=False)
+    _reloading: asyncio.Lock | None = field(default=None, repr=False)
 
     def install(self, encoders: EncodersLike, index: LoadedIndex) -> Backend:
-        """Make the service ready with these objects."""
+        """Make the service ready with these objects (at start, and on each reload).
+
+        The one text batcher outlives reloads: each query carries its own engine, so a
+        request that began on the old index is answered from it.
+        """
         check_same_model(encoders, index)
         engine = SearchEngine(encoders, index, self.metrics)
-        batcher: MicroBatcher[TextQuery, TextHits] = MicroBatcher(
-            engine.search_texts,
-            window_s=self.settings.batch_window_ms / 1000.0,
-            max_batch=self.settings.batch_max,
-            on_batch=self.metrics.text_batch_size.observe,
-        )
+        if self._batcher is None:
+            self._batcher = MicroBatcher(
+                search_text_batch,
+                window_s=self.settings.batch_window_ms / 1000.0,
+                max_batch=self.settings.batch_max,
+                on_batch=self.metrics.text_batch_size.observe,
+            )
         rows = {image_id: row for row, image_id in enumerate(index.image_ids)}
-        self.backend = Backend(encoders, index, engine, batcher, rows)
+        # One assignment: a request sees the old backend or the new one, never a mix.
+        self.backend = Backend(encoders, index, engine, self._batcher, rows)
         self.error = None
         return self.backend
+
+    async def reload(self) -> Backend:
+        """Load the index directory again and swap it in once whole and of this model.
+
+        Raises ReloadRefused (the reason is also logged and shown by /health) and keeps
+        serving the old index when the new one is broken or of another model.
+        """
+        if self.backend is None or self.settings.index_dir is None:
+            raise ReloadRefused("nothing to reload: the service has not loaded an index yet")
+        if self._reloading is None:
+            self._reloading = asyncio.Lock()
+        async with self._reloading:
+            old = self.backend
+            settings = self.settings
+            try:
+                index = await anyio.to_thread.run_sync(
+                    lambda: load_index(
+                        settings.index_dir,  # type: ignore[arg-type]
+                        expected_model_hash=old.encoders.model_hash,
+                        mmap=settings.mmap_index,
+                    )
+                )
+                backend = self.install(old.encoders, index)
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                self.reload_status.last_error = reason
+                self.reload_status.refused_build = _build_id_on_disk(settings.index_dir)
+                logger.error(
+                    "reload refused, still serving build %s: %s",
+                    old.index.manifest.get("build_id"),
+                    reason,
+                )
+                raise ReloadRefused(reason) from exc
+            self.reload_status.reloads += 1
+            self.reload_status.last_error = self.reload_status.refused_build = None
+            logger.info(
+                "reloaded the index: build %s (%d images, %d captions), was %s",
+                index.manifest.get("build_id"),
+                len(index.image_ids),
+                len(index.captions),
+                old.index.manifest.get("build_id"),
+            )
+            return backend
+
+    async def reload_quietly(self) -> None:
+        """`reload`, for signal handlers and the watcher: a refusal is logged, not raised."""
+        with contextlib.suppress(ReloadRefused):
+            await self.reload()
+
+    async def watch(self, interval_s: float) -> None:
+        """Reload whenever the index directory's manifest names another build."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.backend is None or self.settings.index_dir is None:
+                continue
+            on_disk = await anyio.to_thread.run_sync(_build_id_on_disk, self.settings.index_dir)
+            serving = self.backend.index.manifest.get("build_id")
+            if on_disk and on_disk not in (serving, self.reload_status.refused_build):
+                await self.reload_quietly()
 
     async def load(self, encoders: EncodersLike | None, index: LoadedIndex | None) -> None:
         """Load what is missing in a worker thread; on failure keep the reason for /health."""
@@ -152,8 +249,8 @@ class ServiceState:
 
     async def aclose(self) -> None:
         """Stop background work (the batcher's worker)."""
-        if self.backend is not None:
-            await self.backend.text_batcher.aclose()
+        if self._batcher is not None:
+            await self._batcher.aclose()
 
     def facts(self) -> dict[str, Any]:
         """Model and index facts for /health."""
@@ -180,6 +277,12 @@ class ServiceState:
                 "caption_index_type": (captions or {}).get("index_type"),
                 "built_at": meta.get("built_at"),
                 "format": meta.get("format"),
+                "build_id": meta.get("build_id"),
+            },
+            "reload": {
+                "reloads": self.reload_status.reloads,
+                "last_error": self.reload_status.last_error,
+                "interval_s": self.settings.reload_interval_s,
             },
             "batching": {
                 "enabled": self.backend.text_batcher.enabled,

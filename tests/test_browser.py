@@ -129,7 +129,7 @@ def test_a_sentence_shows_image_results(
     _wait(driver, lambda d: _images_loaded(d, "#results img"))
     first = figures[0]
     image = first.find_element(By.TAG_NAME, "img")
-    assert image.get_attribute("src").startswith(base_url + "/images/")
+    assert image.get_attribute("src").startswith(base_url + "/thumbs/")  # a cached thumbnail
     titles = image.get_attribute("title")
     assert titles and titles.split("\n")[0] in backend.index.captions
     scores = [float(f.find_element(By.CSS_SELECTOR, ".score").text) for f in figures]
@@ -206,6 +206,30 @@ def test_clicking_a_result_searches_its_captions(
         .get_attribute("src")
         .endswith(urllib.parse.quote(clicked))
     )
+
+
+def test_more_results_and_similar_images(
+    driver: Any, base_url: str, backend: ServiceBackend
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    figures = _search(driver, base_url, backend.known_query, "5")
+    first_page = [f.get_attribute("data-image-id") for f in figures]
+    driver.find_element(By.ID, "more").click()
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results figure")) == 10)
+    shown = [f.get_attribute("data-image-id")
+             for f in driver.find_elements(By.CSS_SELECTOR, "#results figure")]  # fmt: skip
+    assert shown[:5] == first_page and len(set(shown)) == 10
+    ranks = [f.find_element(By.TAG_NAME, "span").text
+             for f in driver.find_elements(By.CSS_SELECTOR, "#results figure")]  # fmt: skip
+    assert ranks == [f"#{i}" for i in range(1, 11)]
+    # "similar" on a result: the images nearest to it, itself first.
+    target = shown[3]
+    driver.find_elements(By.CSS_SELECTOR, "#results figure .similar")[3].click()
+    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#results figure")
+          .get_attribute("data-image-id") == target)  # fmt: skip
+    query = urllib.parse.parse_qs(urllib.parse.urlparse(driver.current_url).query)
+    assert query == {"similar": [target], "k": ["5"]}
 
 
 def test_api_errors_are_shown_in_the_page(driver: Any, base_url: str, tmp_path: Path) -> None:

@@ -96,9 +96,12 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any, *, indent: int | None = 1) -> None:
-    """`write_bytes_atomic` of `data` as UTF-8 JSON."""
-    write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False))
+def write_json_atomic(
+    path: str | os.PathLike[str], data: Any, *, indent: int | None = 1, ascii_only: bool = False
+) -> None:
+    """`write_bytes_atomic` of `data` as UTF-8 JSON (`ascii_only`: \\u escapes, which also
+    carry file names that are not UTF-8, held as surrogates, through the round trip)."""
+    write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=ascii_only))
 
 
 @contextlib.contextmanager

@@ -44,6 +44,45 @@ def _read(path: Path) -> tuple[bytes | None, str | None]:
         return None, f"{e.reason}: {e}"
 
 
+def embed_blobs(
+    encoders: EncodersLike, blobs: Sequence[bytes]
+) -> tuple[np.ndarray, list[str | None]]:
+    """Embed image files in one call: (vectors [m, D] of the usable ones, in order; per blob
+    None or why it could not be embedded).
+
+    A batch the model rejects is retried one image at a time so that a single corrupt file
+    costs only itself. A model answer of the wrong shape is an EncoderOutputError.
+    """
+    dim = int(encoders.embed_dim)
+    if not blobs:
+        return np.zeros((0, dim), np.float32), []
+    reasons: list[str | None] = [None] * len(blobs)
+    try:
+        out = _checked(encoders.encode_image_bytes(blobs), len(blobs), dim, "images")
+    except EncoderOutputError:
+        raise
+    except Exception:  # a decode error somewhere in the batch: find it
+        rows = []
+        for i, blob in enumerate(blobs):
+            try:
+                rows.append(_checked(encoders.encode_image_bytes([blob]), 1, dim, "images"))
+            except EncoderOutputError:
+                raise
+            except ImageFileError as e:
+                reasons[i] = f"{e.reason}: {e}"
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                reasons[i] = f"not a decodable image: {type(e).__name__} {first[:200]}"
+        out = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        ok = [i for i, r in enumerate(reasons) if r is None]
+        for pos in np.flatnonzero(~finite):
+            reasons[ok[pos]] = "the model returned NaN or infinite values"
+        out = out[finite]
+    return out, reasons
+
+
 def embed_images(
     encoders: EncodersLike,
     image_ids: Sequence[str],
@@ -53,12 +92,11 @@ def embed_images(
 ) -> tuple[np.ndarray, list[int], list[dict[str, str]]]:
     """Embed image files: (vectors float32 [m, D], kept positions, skipped [{image_id, reason}]).
 
-    A batch the model rejects is retried one image at a time so that a single corrupt file
-    costs only itself.
+    Files that are no usable image are skipped before the model sees them; see
+    `embed_blobs` for what happens to a batch the model rejects.
     """
     if len(image_ids) != len(paths):
         raise ValueError(f"{len(image_ids)} image ids for {len(paths)} paths")
-    dim = int(encoders.embed_dim)
     vectors: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[dict[str, str]] = []
@@ -78,33 +116,16 @@ def embed_images(
                 else:
                     batch.append(i)
                     blobs.append(data)
-            if blobs:
-                try:
-                    out = _checked(encoders.encode_image_bytes(blobs), len(blobs), dim, "images")
-                    vectors.append(out)
-                    kept.extend(batch)
-                except EncoderOutputError:
-                    raise
-                except Exception:  # a decode error somewhere in the batch: find it
-                    for i, blob in zip(batch, blobs, strict=True):
-                        try:
-                            one = _checked(encoders.encode_image_bytes([blob]), 1, dim, "images")
-                        except EncoderOutputError:
-                            raise
-                        except Exception as e:
-                            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                            skip(i, f"not a decodable image: {type(e).__name__} {first[:200]}")
-                        else:
-                            vectors.append(one)
-                            kept.append(i)
+            out, reasons = embed_blobs(encoders, blobs)
+            vectors.append(out)
+            for i, reason in zip(batch, reasons, strict=True):
+                if reason is None:
+                    kept.append(i)
+                else:
+                    skip(i, reason)
             bar.update(min(batch_size, len(paths) - start))
+    dim = int(encoders.embed_dim)
     out = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
-    bad = ~np.isfinite(out).all(axis=1)
-    if bad.any():
-        for pos in np.flatnonzero(bad)[::-1]:
-            skip(kept[pos], "the model returned NaN or infinite values")
-        out = out[~bad]
-        kept = [i for i, b in zip(kept, bad, strict=True) if not b]
     log.info("embedded %d images, skipped %d", len(kept), len(skipped))
     return out, kept, skipped
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 
 from index.search import caption_hits, image_hits
 from service.config import Settings
@@ -44,19 +44,62 @@ def resolve_k(k: int | None, settings: Settings, loc: Sequence[str | int]) -> in
     return k
 
 
+def resolve_offset(offset: int, settings: Settings, loc: Sequence[str | int]) -> int:
+    """Results to skip: within [0, VSEPP_MAX_K], a bound like k's."""
+    if offset < 0 or offset > settings.max_k:
+        raise invalid(
+            loc,
+            f"offset must be between 0 and {settings.max_k} (VSEPP_MAX_K), got {offset}",
+            offset,
+        )
+    return offset
+
+
 def image_url(request: Request, image_id: str) -> str:
     """The path under which GET /images/{image_id} serves an image."""
     root = str(request.scope.get("root_path", "")).rstrip("/")
     return f"{root}/images/{quote(image_id, safe='/')}"
 
 
-def image_results(request: Request, backend: Backend, ranked: Ranked) -> list[ImageResult]:
-    """Ranked image rows as response items."""
-    hits = image_hits(backend.index, ranked.scores, ranked.rows)
-    return [ImageResult(**asdict(h), image_url=image_url(request, h.image_id)) for h in hits]
+def thumb_url(request: Request, image_id: str) -> str:
+    """The path under which GET /thumbs/{image_id} serves a thumbnail."""
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    return f"{root}/thumbs/{quote(image_id, safe='/')}"
 
 
-def caption_results(request: Request, backend: Backend, ranked: Ranked) -> list[CaptionResult]:
-    """Ranked caption rows as response items."""
-    hits = caption_hits(backend.index, ranked.scores, ranked.rows)
-    return [CaptionResult(**asdict(h), image_url=image_url(request, h.image_id)) for h in hits]
+def image_results(
+    request: Request, backend: Backend, ranked: Ranked, offset: int = 0
+) -> list[ImageResult]:
+    """Ranked image rows as response items (the page after `offset` results)."""
+    hits = image_hits(backend.index, ranked.scores, ranked.rows, first_rank=offset + 1)
+    return [
+        ImageResult(
+            **asdict(h),
+            image_url=image_url(request, h.image_id),
+            thumb_url=thumb_url(request, h.image_id),
+        )
+        for h in hits
+    ]
+
+
+def caption_results(
+    request: Request, backend: Backend, ranked: Ranked, offset: int = 0
+) -> list[CaptionResult]:
+    """Ranked caption rows as response items (the page after `offset` results)."""
+    hits = caption_hits(backend.index, ranked.scores, ranked.rows, first_rank=offset + 1)
+    return [
+        CaptionResult(**asdict(h), image_url=image_url(request, h.image_id) if h.image_id else None)
+        for h in hits
+    ]
+
+
+def require_captions(backend: Backend) -> None:
+    """409 for an image-to-caption search of an index that holds no captions."""
+    if not backend.index.captions:
+        raise HTTPException(
+            409,
+            "the index has no captions, so an image cannot find any: it still answers "
+            "text-to-image and image-to-image searches. Add captions with "
+            "`index.add --captions FILE` (one caption a line, JSONL or a token file), or "
+            "build it from a list with a 'captions' column or a dataset split",
+        )

@@ -15,7 +15,9 @@ from service.routes.helpers import (
     caption_results,
     check_text,
     image_results,
+    require_captions,
     resolve_k,
+    resolve_offset,
 )
 from service.routing import ServiceRoute
 from service.schemas import (
@@ -42,6 +44,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorResponse, "description": "Unsupported content type or image format."},
     400: {"model": ErrorResponse, "description": "Not an image, or a truncated one."},
     503: {"model": ErrorResponse, "description": "Model and index not loaded yet."},
+    409: {"model": ErrorResponse, "description": "The index holds no captions to search."},
 }
 
 
@@ -54,9 +57,9 @@ def _ms(start: float) -> float:
 
 
 async def _text_search(
-    request: Request, backend: Backend, query: str, k: int, start: float
+    request: Request, backend: Backend, query: str, k: int, start: float, offset: int = 0
 ) -> TextSearchResponse:
-    hits = await backend.text_batcher.submit(TextQuery(query, k))
+    hits = await backend.text_batcher.submit(TextQuery(query, k + offset, backend.engine))
     if hits.known_words <= 0:
         return TextSearchResponse(
             results=[],
@@ -66,7 +69,7 @@ async def _text_search(
             message=NO_KNOWN_WORDS,
         )
     return TextSearchResponse(
-        results=image_results(request, backend, hits.ranked),
+        results=image_results(request, backend, hits.ranked.after(offset), offset),
         took_ms=_ms(start),
         known_words=hits.known_words,
         no_known_words=False,
@@ -80,8 +83,9 @@ async def search_text(
     """Images for a sentence, best first (cosine similarity)."""
     start = time.perf_counter()
     k = resolve_k(body.k if "k" in body.model_fields_set else None, settings, ("body", "k"))
+    offset = resolve_offset(body.offset, settings, ("body", "offset"))
     query = check_text(body.query, settings, ("body", "query"), "query")
-    return await _text_search(request, backend, query, k, start)
+    return await _text_search(request, backend, query, k, start, offset)
 
 
 @router.get("/text", response_model=TextSearchResponse, responses=_errors(503))
@@ -91,18 +95,20 @@ async def search_text_get(
     settings: SettingsDep,
     q: Annotated[str, Query(min_length=1, description="The sentence.")],
     k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
+    offset: Annotated[int, Query(ge=0, description="Results to skip (paging).")] = 0,
 ) -> TextSearchResponse:
     """The same search as POST /search/text, as a link: /search/text?q=a+dog&k=10."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
+    skip = resolve_offset(offset, settings, ("query", "offset"))
     query = check_text(q, settings, ("query", "q"), "query")
-    return await _text_search(request, backend, query, k_used, start)
+    return await _text_search(request, backend, query, k_used, start, skip)
 
 
 @router.post(
     "/image",
     response_model=ImageSearchResponse,
-    responses=_errors(400, 413, 415, 503),
+    responses=_errors(400, 409, 413, 415, 503),
 )
 async def search_image(
     request: Request,
@@ -115,6 +121,7 @@ async def search_image(
     """Captions for an uploaded image, best first (cosine similarity)."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("body", "k"))
+    require_captions(backend)
     data = await read_upload(file, settings.max_upload_bytes)
     engine = backend.engine
 
@@ -153,7 +160,7 @@ async def _indexed_image_vector(backend: Backend, state: StateDep, row: int) -> 
 @router.get(
     "/image-to-captions",
     response_model=ImageSearchResponse,
-    responses=_errors(404, 503),
+    responses=_errors(404, 409, 503),
 )
 async def search_indexed_image_captions(
     request: Request,
@@ -166,6 +173,7 @@ async def search_indexed_image_captions(
     """Captions for an image of the index (what clicking a result on the page does)."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
+    require_captions(backend)
     row = _row_of(backend, image_id)
     vector = await _indexed_image_vector(backend, state, row)
     ranked = await anyio.to_thread.run_sync(backend.engine.search_captions, vector, k_used)
@@ -186,11 +194,15 @@ async def search_indexed_image_images(
     state: StateDep,
     image_id: Annotated[str, Query(min_length=1, description="An image_id of the index.")],
     k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
+    offset: Annotated[int, Query(ge=0, description="Results to skip (paging).")] = 0,
 ) -> ImageToImageResponse:
     """Images of the index nearest to one of its images."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
+    skip = resolve_offset(offset, settings, ("query", "offset"))
     row = _row_of(backend, image_id)
     vector = await _indexed_image_vector(backend, state, row)
-    ranked = await anyio.to_thread.run_sync(backend.engine.search_images, vector, k_used)
-    return ImageToImageResponse(results=image_results(request, backend, ranked), took_ms=_ms(start))
+    ranked = await anyio.to_thread.run_sync(backend.engine.search_images, vector, k_used + skip)
+    return ImageToImageResponse(
+        results=image_results(request, backend, ranked.after(skip), skip), took_ms=_ms(start)
+    )

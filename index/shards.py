@@ -1,0 +1,348 @@
+"""A collection embedded into shards on disk: bounded memory, resumable, then indexed.
+
+```
+SHARDS_DIR/
+  shards.json               {"format", "model_hash", "dim", "shard_size", "source"}
+  shard-00000.npy           float32 [m, D]: the shard's image vectors, row i = images[i]
+  shard-00000.captions.npy  float32 [c, D]: its images' own captions, in record order
+  shard-00000.json          {"images": [{"image_id", "file", "sha256", "width", "height",
+                              "meta", "captions"}], "seen": [ids], "skipped": [{"image_id",
+                              "reason"}], "duplicates": [{"image_id", "of"}]}  (written last)
+  corpus.npy, corpus.json   captions tied to no image (--captions), when given
+```
+
+Every `shard_size` source images (kept, skipped or duplicate alike) close a shard, so the
+shards' boundaries depend on the source alone; a build killed at any moment resumes after
+its last complete shard and ends with the same shards, hence the same index, as one never
+interrupted. Byte-identical files (sha256) are embedded once; the later paths are recorded
+as duplicates of the first. Reading and decoding run in parallel in tf.data; memory holds
+one shard of vectors at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from index.sources import SourceImage
+from vsepp.atomic import write_bytes_atomic, write_json_atomic
+from vsepp.embed import embed_blobs, embed_texts
+from vsepp.images import DEFAULT_MAX_PIXELS, ImageFileError, canonical_image
+from vsepp.model_dir import EncodersLike
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vsepp-shards/1"
+SHARD_SIZE = 10_000
+META = "shards.json"
+
+
+class ShardsError(ValueError):
+    """A shards directory that does not fit the build asked for; the message says why."""
+
+
+@dataclass
+class Shard:
+    """One complete shard, as read back."""
+
+    number: int
+    vectors: np.ndarray  # float32 [m, D] (memory-mapped)
+    caption_vectors: np.ndarray  # float32 [c, D]
+    images: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    duplicates: list[dict[str, Any]]
+    seen: list[str]
+
+
+@dataclass
+class Summary:
+    """What an embedding run did."""
+
+    indexed: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
+    duplicates: int = 0
+    shards: int = 0
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        why = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())) or "none"
+        return (
+            f"{self.indexed} images embedded in {self.seconds:.1f} s "
+            f"({self.indexed / max(self.seconds, 1e-9):.1f} images/s), "
+            f"{self.duplicates} duplicates, skipped: {why}"
+        )
+
+
+def _shard_name(n: int, suffix: str) -> str:
+    return f"shard-{n:05d}{suffix}"
+
+
+def _prepare(path: bytes, max_pixels: int) -> tuple[bytes, bytes, int, int, bytes]:
+    """(canonical bytes, sha256 of the file, width, height, b"" or the reason it is unusable)."""
+    try:
+        raw = Path(os.fsdecode(path)).read_bytes()
+    except OSError as e:
+        return b"", b"", 0, 0, f"unreadable: {e.strerror or e}".encode()
+    digest = hashlib.sha256(raw).hexdigest().encode()
+    try:
+        image = canonical_image(raw, max_pixels=max_pixels)
+    except ImageFileError as e:
+        return b"", digest, 0, 0, f"{e.reason}: {e}".encode()
+    return image.data, digest, image.width, image.height, b""
+
+
+def _prepared(
+    items: Iterable[SourceImage], max_pixels: int
+) -> Iterator[tuple[SourceImage, bytes, str, int, int, str]]:
+    """The items with their files read and canonicalised, in order, in parallel (tf.data)."""
+    import tensorflow as tf
+
+    pending: dict[int, SourceImage] = {}
+
+    def paths() -> Iterator[tuple[int, bytes]]:
+        for i, item in enumerate(items):
+            pending[i] = item
+            yield i, os.fsencode(item.path)
+
+    def prepare(path: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        out = tf.numpy_function(
+            lambda p: tuple(
+                np.asarray(v, dtype=object if k in (0, 1, 4) else np.int32)
+                for k, v in enumerate(_prepare(bytes(p), max_pixels))
+            ),
+            [path],
+            [tf.string, tf.string, tf.int32, tf.int32, tf.string],
+            stateful=False,
+        )
+        return tuple(tf.reshape(t, []) for t in out)
+
+    ds = tf.data.Dataset.from_generator(
+        paths,
+        output_signature=(tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.string)),
+    )
+    ds = ds.map(
+        lambda i, p: (i, *prepare(p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).prefetch(tf.data.AUTOTUNE)
+    for i, data, digest, width, height, reason in ds.as_numpy_iterator():
+        item = pending.pop(int(i))
+        yield item, data, digest.decode(), int(width), int(height), reason.decode()
+
+
+class _ShardBuilder:
+    """Collects one shard's images, embeds them in batches and writes the shard."""
+
+    def __init__(self, encoders: EncodersLike, root: Path, number: int, batch_size: int):
+        self.encoders, self.root, self.number, self.batch_size = encoders, root, number, batch_size
+        self.vectors: list[np.ndarray] = []
+        self.images: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.duplicates: list[dict[str, Any]] = []
+        self.seen: list[str] = []
+        self._batch: list[tuple[dict[str, Any], bytes]] = []
+
+    def add(self, record: dict[str, Any], data: bytes) -> None:
+        self._batch.append((record, data))
+        if len(self._batch) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._batch:
+            return
+        out, reasons = embed_blobs(self.encoders, [data for _, data in self._batch])
+        self.vectors.append(out)
+        for (record, _), reason in zip(self._batch, reasons, strict=True):
+            if reason is None:
+                self.images.append(record)
+            else:
+                log.warning("skipping image %s: %s", record["image_id"], reason)
+                self.skipped.append({"image_id": record["image_id"], "reason": reason})
+        self._batch = []
+
+    def write(self) -> Shard:
+        self.flush()
+        dim = int(self.encoders.embed_dim)
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float32)
+        texts = [c for record in self.images for c in record["captions"]]
+        captions = embed_texts(self.encoders, texts) if texts else np.zeros((0, dim), np.float32)
+        _save_npy(self.root / _shard_name(self.number, ".npy"), vectors)
+        _save_npy(self.root / _shard_name(self.number, ".captions.npy"), captions)
+        body = {
+            "images": self.images,
+            "seen": self.seen,
+            "skipped": self.skipped,
+            "duplicates": self.duplicates,
+        }
+        # Written last: a shard with its .json is complete.
+        path = self.root / _shard_name(self.number, ".json")
+        write_json_atomic(path, body, indent=None, ascii_only=True)
+        return Shard(
+            self.number, vectors, captions, self.images, self.skipped, self.duplicates, self.seen
+        )
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32))
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _start(
+    root: Path, encoders: EncodersLike, shard_size: int, source: dict[str, Any], resume: bool
+) -> list[Shard]:
+    """Prepare `root` for a run; the complete shards a resumed run keeps."""
+    meta = {
+        "format": FORMAT,
+        "model_hash": encoders.model_hash,
+        "dim": int(encoders.embed_dim),
+        "shard_size": shard_size,
+        "source": source,
+    }
+    if root.exists() and any(root.iterdir()):
+        if not resume:
+            raise ShardsError(
+                f"{root} holds shards of an earlier run: pass --resume to go on with it, or "
+                "remove it to start again"
+            )
+        try:
+            old = json.loads((root / META).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ShardsError(f"{root}: not a shards directory ({e})") from e
+        for key in ("format", "model_hash", "dim", "shard_size", "source"):
+            if old.get(key) != meta[key]:
+                raise ShardsError(
+                    f"{root} was made with another {key} ({old.get(key)!r}, now {meta[key]!r}); "
+                    "remove it or point --shards_dir elsewhere"
+                )
+        shards = list(read_shards(root))
+        # What a killed run left half written goes; its complete shards stay.
+        for p in root.glob("shard-*"):
+            n = int(p.name[6:11])
+            if not (root / _shard_name(n, ".json")).is_file():
+                p.unlink()
+        log.info("resuming after %d complete shards in %s", len(shards), root)
+        return shards
+    root.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(root / META, meta)
+    return []
+
+
+def embed_to_shards(
+    items: Iterable[SourceImage],
+    encoders: EncodersLike,
+    shards_dir: str | os.PathLike[str],
+    *,
+    source: dict[str, Any],
+    shard_size: int = SHARD_SIZE,
+    batch_size: int = 32,
+    resume: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Summary:
+    """Embed the images of `items` into shards under `shards_dir` (see the module doc)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size={shard_size}: must be at least 1")
+    root = Path(shards_dir)
+    started = time.perf_counter()
+    done = _start(root, encoders, shard_size, source, resume)
+    summary = Summary(shards=len(done))
+    seen: set[str] = set()
+    first_of: dict[str, str] = {}  # sha256 -> image_id of the first file with these bytes
+    for shard in done:
+        seen.update(shard.seen)
+        first_of.update({r["sha256"]: r["image_id"] for r in shard.images})
+    todo = (item for item in items if item.image_id not in seen)
+    builder = _ShardBuilder(encoders, root, len(done), batch_size)
+    with tqdm(desc="images", unit="img", disable=None) as bar:
+        for item, data, digest, width, height, reason in _prepared(todo, max_pixels):
+            builder.seen.append(item.image_id)
+            if reason:
+                log.warning("skipping image %s (%s): %s", item.image_id, item.path, reason)
+                builder.skipped.append({"image_id": item.image_id, "reason": reason})
+            elif digest in first_of:
+                builder.duplicates.append({"image_id": item.image_id, "of": first_of[digest]})
+            else:
+                first_of[digest] = item.image_id
+                record = {
+                    "image_id": item.image_id,
+                    "file": str(item.path),
+                    "sha256": digest,
+                    "width": width,
+                    "height": height,
+                    "meta": item.meta,
+                    "captions": list(item.captions),
+                }
+                builder.add(record, data)
+            bar.update(1)
+            if len(builder.seen) >= shard_size:
+                _count(summary, builder.write())
+                builder = _ShardBuilder(encoders, root, builder.number + 1, batch_size)
+        if builder.seen:
+            _count(summary, builder.write())
+    for shard in done:
+        _count(summary, shard, resumed=True)
+    summary.seconds = time.perf_counter() - started
+    log.info("%s: %s", root, summary.line())
+    return summary
+
+
+def _count(summary: Summary, shard: Shard, *, resumed: bool = False) -> None:
+    summary.indexed += len(shard.images)
+    summary.duplicates += len(shard.duplicates)
+    summary.skipped.update(s["reason"].split(":", 1)[0] for s in shard.skipped)
+    if not resumed:
+        summary.shards += 1
+
+
+def read_shards(shards_dir: str | os.PathLike[str]) -> Iterator[Shard]:
+    """The complete shards of `shards_dir`, in order (vectors memory-mapped)."""
+    root = Path(shards_dir)
+    numbers = sorted(int(p.name[6:11]) for p in root.glob("shard-*.json"))
+    for n in numbers:
+        body = json.loads((root / _shard_name(n, ".json")).read_text(encoding="utf-8"))
+        vectors = np.load(root / _shard_name(n, ".npy"), mmap_mode="r")
+        captions = np.load(root / _shard_name(n, ".captions.npy"), mmap_mode="r")
+        if len(vectors) != len(body["images"]):
+            raise ShardsError(f"{root / _shard_name(n, '.npy')}: {len(vectors)} vectors for "
+                              f"{len(body['images'])} images")  # fmt: skip
+        yield Shard(
+            n, vectors, captions, body["images"], body["skipped"], body["duplicates"], body["seen"]
+        )
+
+
+def read_shards_meta(shards_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """shards.json of a shards directory."""
+    path = Path(shards_dir) / META
+    try:
+        meta: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ShardsError(f"{shards_dir}: not a shards directory (no readable {META}: {e})") from e
+    if meta.get("format") != FORMAT:
+        raise ShardsError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def write_corpus(shards_dir: str | os.PathLike[str], texts: list[str], vectors: np.ndarray) -> None:
+    """The caption corpus tied to no image, beside the shards."""
+    root = Path(shards_dir)
+    _save_npy(root / "corpus.npy", vectors)
+    write_json_atomic(root / "corpus.json", texts, indent=None)
+
+
+def read_corpus(shards_dir: str | os.PathLike[str]) -> tuple[list[str], np.ndarray] | None:
+    """The caption corpus written by `write_corpus`, or None."""
+    root = Path(shards_dir)
+    if not (root / "corpus.json").is_file():
+        return None
+    texts = json.loads((root / "corpus.json").read_text(encoding="utf-8"))
+    return list(texts), np.load(root / "corpus.npy")

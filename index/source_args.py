@@ -1,0 +1,108 @@
+"""The source flags of `index.build` and `index.add`: a dataset split, a folder, a list.
+
+One home for them, so both programs take the same sources with the same names.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from index.shards import SHARD_SIZE
+from index.sources import SourceImage, read_list, walk_images_dir
+from vsepp.images import DEFAULT_MAX_PIXELS
+
+
+def add_collection_args(p: argparse.ArgumentParser) -> None:
+    """--images_dir, --list, --captions, --from_shards and the shard flags."""
+    g = p.add_argument_group("your own images (instead of a dataset split)")
+    g.add_argument("--images_dir", type=Path, help="every image under this folder, recursively")
+    g.add_argument(
+        "--list",
+        type=Path,
+        help="CSV, JSONL or Parquet with a 'path' column; optional 'image_id', 'captions'; "
+        "other columns are kept as metadata",
+    )
+    g.add_argument(
+        "--captions",
+        type=Path,
+        help="captions tied to no image (JSONL, plain text or a token file), for "
+        "image-to-caption search",
+    )
+    g.add_argument("--from_shards", type=Path, help="index shards made earlier (or elsewhere)")
+    g.add_argument(
+        "--shards_dir", type=Path, help="where the shards go (default: INDEX_DIR.shards)"
+    )
+    g.add_argument(
+        "--resume", action="store_true", help="go on from the last complete shard of a killed run"
+    )
+    g.add_argument("--shard_size", type=int, default=SHARD_SIZE, help="images per shard")
+    g.add_argument("--keep_shards", action="store_true", help="keep the shards after the build")
+    g.add_argument(
+        "--max_image_pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="larger images are skipped as decompression bombs",
+    )
+
+
+def check_source_args(
+    p: argparse.ArgumentParser, args: argparse.Namespace, *, captions_alone: bool = False
+) -> None:
+    """Exactly one source (or, with `captions_alone`, only --captions); the dataset flags
+    together."""
+    given = [
+        name
+        for name, value in (
+            ("a dataset split (--texts_path)", args.texts_path),
+            ("--images_dir", args.images_dir),
+            ("--list", args.list),
+            ("--from_shards", args.from_shards),
+            ("--items", getattr(args, "items", None)),
+        )
+        if value is not None
+    ]
+    if captions_alone and not given and args.captions is not None:
+        return
+    if len(given) != 1:
+        what = " and ".join(given) if given else "none"
+        p.error(
+            "give one source: a dataset split (--images_path --texts_path --split/...), "
+            f"--images_dir, --list or --from_shards (given: {what})"
+        )
+    if args.texts_path is not None:
+        if args.images_path is None:
+            p.error("--texts_path needs --images_path")
+        if (args.imgs_file_path is None) == (args.split is None):
+            p.error("give exactly one of --imgs_file_path and --split")
+    if args.captions is not None and args.texts_path is not None:
+        p.error("--captions goes with --images_dir or --list (a split has its own captions)")
+    if args.shard_size < 1:
+        p.error(f"--shard_size={args.shard_size}: must be at least 1")
+
+
+def collection_items(args: argparse.Namespace) -> Iterator[SourceImage]:
+    """The images of --images_dir or --list, lazily."""
+    if args.images_dir is not None:
+        return walk_images_dir(args.images_dir)
+    return read_list(args.list)
+
+
+def collection_source(args: argparse.Namespace) -> dict[str, Any]:
+    """What the manifest (and a resumed run's check) records of the source."""
+    if args.images_dir is not None:
+        return {"kind": "images_dir", "path": str(Path(args.images_dir).absolute())}
+    if args.list is not None:
+        return {"kind": "list", "path": str(Path(args.list).absolute())}
+    return {"kind": "captions", "path": str(Path(args.captions).absolute())}
+
+
+def shards_of(args: argparse.Namespace) -> Path:
+    """The shards directory of this run."""
+    if args.from_shards is not None:
+        return Path(args.from_shards)
+    if args.shards_dir is not None:
+        return Path(args.shards_dir)
+    return Path(f"{args.index_dir}.shards")
