@@ -5,9 +5,9 @@
     python -m index.add --model_dir runs/model --index_dir idx --items new.json
 
 Takes the sources `index.build` takes (a dataset split, `--images_dir`, `--list`, with
-`--captions` for a corpus; or `--captions` alone) or a JSON list of ``{"file": PATH, "captions": [...],
-"image_id": optional}``, embeds what is not indexed yet with the model the index was built
-with, and appends it (`index.update`): atomic, as a build is.
+`--captions` for a corpus; or `--captions` alone) or a JSON list of ``{"file": PATH,
+"captions": [...], "image_id": optional}``, embeds what is not indexed yet with the model
+the index was built with, and appends it (`index.update`): atomic, as a build is.
 """
 
 from __future__ import annotations

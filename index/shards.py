@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -110,11 +111,17 @@ def _prepared(
     import tensorflow as tf
 
     pending: dict[int, SourceImage] = {}
+    failed: list[BaseException] = []
 
     def paths() -> Iterator[tuple[int, bytes]]:
-        for i, item in enumerate(items):
-            pending[i] = item
-            yield i, os.fsencode(item.path)
+        # An error of the source (a bad list row) ends the stream here and is raised below
+        # as itself, not wrapped in a tf.data error.
+        try:
+            for i, item in enumerate(items):
+                pending[i] = item
+                yield i, os.fsencode(item.path)
+        except Exception as e:
+            failed.append(e)
 
     def prepare(path: tf.Tensor) -> tuple[tf.Tensor, ...]:
         out = tf.numpy_function(
@@ -138,6 +145,8 @@ def _prepared(
     for i, data, digest, width, height, reason in ds.as_numpy_iterator():
         item = pending.pop(int(i))
         yield item, data, digest.decode(), int(width), int(height), reason.decode()
+    if failed:
+        raise failed[0]
 
 
 class _ShardBuilder:
@@ -254,7 +263,29 @@ def embed_to_shards(
         raise ValueError(f"shard_size={shard_size}: must be at least 1")
     root = Path(shards_dir)
     started = time.perf_counter()
+    fresh = not root.exists()
     done = _start(root, encoders, shard_size, source, resume)
+    try:
+        summary = _embed(items, encoders, root, done, shard_size, batch_size, max_pixels)
+    except (ValueError, OSError):
+        # A source that cannot be read leaves nothing behind (a kill leaves shards to resume).
+        if fresh:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    summary.seconds = time.perf_counter() - started
+    log.info("%s: %s", root, summary.line())
+    return summary
+
+
+def _embed(
+    items: Iterable[SourceImage],
+    encoders: EncodersLike,
+    root: Path,
+    done: list[Shard],
+    shard_size: int,
+    batch_size: int,
+    max_pixels: int,
+) -> Summary:
     summary = Summary(shards=len(done))
     seen: set[str] = set()
     first_of: dict[str, str] = {}  # sha256 -> image_id of the first file with these bytes
@@ -291,8 +322,6 @@ def embed_to_shards(
             _count(summary, builder.write())
     for shard in done:
         _count(summary, shard, resumed=True)
-    summary.seconds = time.perf_counter() - started
-    log.info("%s: %s", root, summary.line())
     return summary
 
 

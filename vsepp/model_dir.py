@@ -87,9 +87,10 @@ class Encoders:
             out = self._image.encode_bytes(self._tf.constant(canonical, dtype=self._tf.string))
         except self._tf.errors.InvalidArgumentError as e:
             # TensorFlow's decoder found a truncated or corrupt JPEG/PNG body.
+            # TensorFlow's message is a traceback; the decoder's own words say what broke.
             lines = [x.strip() for x in (e.message or str(e)).splitlines()]
-            useful = [x for x in lines if x and not x.startswith(("Graph execution", "[["))]
-            first = (useful or ["cannot decode"])[0][:200]
+            said = [x for x in lines if "Invalid" in x or "failed" in x or "corrupt" in x]
+            first = (said or ["the decoder refused it"])[0][:200]
             where = "the image" if len(blobs) == 1 else f"one of the {len(blobs)} images"
             raise ImageFileError("corrupt", f"{where} is truncated or corrupt: {first}") from e
         return np.asarray(out.numpy(), dtype=np.float32)

@@ -7,7 +7,7 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import anyio.to_thread
 from fastapi import APIRouter, HTTPException, Query
@@ -16,7 +16,7 @@ from PIL import Image
 
 from service.deps import BackendDep, SettingsDep, StateDep
 from service.routes.images import is_plain_relative
-from service.routing import ServiceRoute
+from service.routing import ServiceRoute, invalid
 from service.schemas import ErrorResponse
 from vsepp.atomic import write_bytes_atomic
 from vsepp.images import ImageFileError, canonical_image
@@ -24,7 +24,6 @@ from vsepp.images import ImageFileError, canonical_image
 router = APIRouter(tags=["images"], route_class=ServiceRoute)
 
 THUMB_SIZES = (128, 256, 512)  # a few fixed sizes, so the cache stays small and warm
-ThumbSize = Literal[128, 256, 512]
 
 
 def _cache_dir(configured: Path | None) -> Path:
@@ -68,9 +67,17 @@ async def get_thumbnail(
     backend: BackendDep,
     settings: SettingsDep,
     state: StateDep,
-    size: Annotated[ThumbSize, Query(description=f"Longest side: one of {THUMB_SIZES}.")] = 256,
+    size: Annotated[
+        int,
+        Query(
+            description=f"Longest side: one of {THUMB_SIZES}.",
+            json_schema_extra={"enum": list(THUMB_SIZES)},
+        ),
+    ] = 256,
 ) -> Response:
     """A thumbnail of an image of the index, at most size x size, kept in a cache."""
+    if size not in THUMB_SIZES:
+        raise invalid(("query", "size"), f"size must be one of {THUMB_SIZES}, got {size}", size)
     not_found = HTTPException(404, f"no image {image_id[:200]!r} in the index")
     if not is_plain_relative(image_id) or image_id not in backend.image_rows:
         raise not_found

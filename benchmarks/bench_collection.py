@@ -1,0 +1,179 @@
+"""Benchmark building an index of a folder of photos against the image encoder's forward pass.
+
+    .venv/bin/python benchmarks/bench_collection.py --cnn tiny resnet50 --images 400 \\
+        --rss_sizes 10000 100000
+
+For each backbone (weights none, crop 224; `tiny` is the demo CNN), one run:
+- a folder of `--images` generated JPEGs of camera-like sizes (640x480 up to 4000x3000, one
+  in five with an EXIF orientation) is indexed by `index.build --images_dir` in a child
+  process; its streaming rate (walk, read, decode, embed, write shards; from the build's
+  summary) and its whole-build rate (with process start, model load and FAISS) are compared
+  with the exported image encoder's bare forward throughput on already-decoded uint8
+  tensors, measured in the same run (aim: stream >= 0.8 x forward, so decoding never
+  starves the model);
+- peak RSS (`/usr/bin/time -v`'s maximum resident set, read from the child's rusage) of
+  builds of `--rss_sizes` small images (256x192), whose ratio shows memory stays bounded
+  (aim: the larger within 1.2x of the smaller, plus the index itself).
+
+Prints one JSON line per measurement and a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CAMERA_SIZES = ((640, 480), (1280, 960), (1600, 1200), (2048, 1536), (3264, 2448), (4000, 3000))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cnn", nargs="+", default=["tiny", "resnet50", "resnet152"])
+    p.add_argument("--images", type=int, default=400, help="camera-sized JPEGs per backbone")
+    p.add_argument("--rss_sizes", type=int, nargs="*", default=[10_000, 100_000])
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
+    return p.parse_args(argv)
+
+
+def camera_jpeg(i: int, rng: np.random.Generator, size: tuple[int, int] | None = None) -> bytes:
+    """A smooth photo-like JPEG; one in five carries an EXIF orientation."""
+    w, h = size or CAMERA_SIZES[i % len(CAMERA_SIZES)]
+    small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    image = Image.fromarray(small, "RGB").resize((w, h), Image.Resampling.BICUBIC)
+    out = io.BytesIO()
+    exif = Image.Exif()
+    if i % 5 == 0:
+        exif[0x0112] = (3, 6, 8)[i % 3]
+    image.save(out, "JPEG", quality=88, exif=exif)
+    return out.getvalue()
+
+
+def make_folder(root: Path, n: int, size: tuple[int, int] | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sub = root / f"{i // 1000:03d}"
+        sub.mkdir(exist_ok=True)
+        (sub / f"IMG_{i:06d}.jpg").write_bytes(camera_jpeg(i, rng, size))
+    return root
+
+
+def export(cnn: str, out: Path) -> Path:
+    """An untrained model with backbone `cnn` (weights none), exported as training does."""
+    from training.backbones import preprocess_for
+    from training.config import ModelConfig
+    from training.export import export_model
+    from training.images import ImageConfig
+    from training.model import build_image_encoder, build_text_encoder
+    from training.text import Vocabulary
+
+    vocab = Vocabulary.build(["a photo of a thing"] * 4, min_count=1)
+    cfg = ModelConfig(cnn=cnn, cnn_weights="none", image_size=224, resize_size=256,
+                      joint_space=256, word_dim=32, vocab_size=len(vocab))  # fmt: skip
+    image_cfg = ImageConfig(224, 256, preprocess_for(cnn))
+    export_model(out, build_image_encoder(cfg), build_text_encoder(cfg), vocab, cfg, image_cfg)
+    return out
+
+
+def forward_rate(model_dir: Path, batch_size: int, seconds: float = 20.0) -> float:
+    """Images/s of the exported image encoder on already-decoded uint8 tensors."""
+    from vsepp.model_dir import load_encoders
+
+    encoders = load_encoders(model_dir)
+    batch = np.random.default_rng(1).integers(0, 256, (batch_size, 240, 320, 3), dtype=np.uint8)
+    encoders.encode_image_arrays(batch)  # trace
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done < 2 * batch_size:
+        encoders.encode_image_arrays(batch)
+        done += batch_size
+    return done / (time.perf_counter() - start)
+
+
+def timed_build(model_dir: Path, folder: Path, index_dir: Path, batch_size: int) -> dict[str, Any]:
+    """Run `index.build --images_dir` in a child; wall time and its peak RSS."""
+    argv = [sys.executable, "-m", "index.build", "--model_dir", str(model_dir),
+            "--images_dir", str(folder), "--index_dir", str(index_dir),
+            "--batch_size", str(batch_size), "--log_level", "WARNING"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err)
+        # wait4 gives this child's own rusage: its peak RSS, as /usr/bin/time -v reports it.
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if child.returncode != 0:
+        raise RuntimeError(stderr[-3000:])
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    summary = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    # The streaming part alone (walk, read, decode, embed, shards), from the build's summary.
+    rate = re.search(r"\(([0-9.]+) images/s\)", summary)
+    return {
+        "seconds": round(seconds, 2),
+        "stream_images_per_s": float(rate.group(1)) if rate else None,
+        "images": manifest["images"]["count"],
+        "images_per_s": round(manifest["images"]["count"] / seconds, 2),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "summary": summary,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-collection-"))
+    print(json.dumps({"machine": platform.processor() or platform.machine(),
+                      "cpus": os.cpu_count(), "load": os.getloadavg()}))  # fmt: skip
+    folder = make_folder(work / "camera", args.images)
+    rows = []
+    for cnn in args.cnn:
+        model = export(cnn, work / f"model-{cnn}")
+        forward = forward_rate(model, args.batch_size)
+        build = timed_build(model, folder, work / f"index-{cnn}", args.batch_size)
+        row = {"cnn": cnn, "forward_images_per_s": round(forward, 2), **build,
+               "stream_over_forward": round((build["stream_images_per_s"] or 0) / forward, 3),
+               "build_over_forward": round(build["images_per_s"] / forward, 3)}  # fmt: skip
+        print(json.dumps(row))
+        rows.append(row)
+    rss = []
+    if args.rss_sizes:
+        model = work / "model-tiny"
+        if not model.exists():
+            export("tiny", model)
+        for n in sorted(args.rss_sizes):
+            small = make_folder(work / f"small-{n}", n, (256, 192))
+            got = timed_build(model, small, work / f"index-small-{n}", args.batch_size)
+            print(json.dumps({"rss_images": n, **got}))
+            rss.append((n, got))
+    print("\n| backbone | forward img/s | stream img/s | stream / forward | whole build img/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['cnn']} | {r['forward_images_per_s']} | {r['stream_images_per_s']} | "
+              f"{r['stream_over_forward']} | {r['images_per_s']} |")  # fmt: skip
+    for n, got in rss:
+        print(f"peak RSS of a {n}-image build: {got['peak_rss_mib']} MiB ({got['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
