@@ -108,7 +108,7 @@ def test_health_reports_model_and_index(client: TestClient, backend: ServiceBack
     assert body["index"]["images"] == len(backend.index.image_ids)
     assert body["index"]["captions"] == len(backend.index.captions)
     assert body["index"]["model_hash"] == backend.encoders.model_hash
-    assert body["batching"] == {"enabled": True, "window_ms": 2.0, "max_batch": 32}
+    assert body["batching"] == {"enabled": True, "window_ms": 0.0, "max_batch": 32}
 
 
 def test_health_is_503_until_loaded_then_200(
@@ -726,7 +726,7 @@ def test_concurrent_queries_are_batched_with_the_same_results(backend: ServiceBa
         Settings(batch_window_ms=20, batch_max=64), batched_encoders, backend.index
     )
     direct_encoders = CountingEncoders(backend.encoders)
-    direct_app = create_app(Settings(batch_window_ms=0), direct_encoders, backend.index)
+    direct_app = create_app(Settings(batch_max=1), direct_encoders, backend.index)
 
     batched = asyncio.run(_concurrent_text_searches(batched_app, queries))
     direct = asyncio.run(_concurrent_text_searches(direct_app, queries))
@@ -856,7 +856,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_batching_can_be_switched_off(make_client: ClientFactory) -> None:
-    client = make_client(batch_window_ms=0)
+    client = make_client(batch_max=1)
     assert client.get("/health").json()["batching"]["enabled"] is False
     assert client.post("/search/text", json={"query": "red"}).status_code == 200
 
