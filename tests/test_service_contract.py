@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +174,53 @@ def test_413_reaches_a_client_that_writes_its_whole_body_first(live: str, chunke
     assert status == 413, body
     assert "VSEPP_MAX_UPLOAD_BYTES" in body["detail"]
     assert httpx.get(f"{live}/health").status_code == 200
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _counter_pids(metrics_dir: Path) -> set[str]:
+    return {p.stem.rsplit("_", 1)[-1] for p in metrics_dir.glob("counter_*.db")}
+
+
+def _requests_counted(metrics_text: str, endpoint: str) -> float:
+    pattern = (
+        r'^vsepp_http_requests_total\{endpoint="' + re.escape(endpoint)
+        + r'",method="POST",status="200"\} ([0-9.e+]+)$'
+    )  # fmt: skip
+    found = re.search(pattern, metrics_text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_workers_each_load_before_200_and_metrics_add_up(
+    demo_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    with service(
+        *demo_dirs, tmp_path / "server.log", "--workers", "2", "--log-level", "warning",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+    ) as (base_url, _):  # fmt: skip
+        # Each new connection may land on either worker: every one answers 200 only once
+        # its own model and index are in, so ask until a run of answers is all 200.
+        in_a_row = 0
+        for _ in range(400):
+            if in_a_row >= 20:
+                break
+            answer = httpx.get(f"{base_url}/health", timeout=10)
+            in_a_row = in_a_row + 1 if answer.status_code == 200 else 0
+            if answer.status_code != 200:
+                assert answer.status_code == 503 and answer.json()["status"] == "loading"
+                time.sleep(0.25)
+        assert in_a_row >= 20
+        sent = 0
+        # Until both workers have served (each writes its own files), bounded.
+        while sent < 400 and (sent < 20 or len(_counter_pids(metrics_dir)) < 2):
+            found = httpx.post(f"{base_url}/search/text", json={"query": "a red square"})
+            assert found.status_code == 200, found.text
+            sent += 1
+        assert len(_counter_pids(metrics_dir)) == 2, sorted(metrics_dir.iterdir())
+        # Whichever worker answers /metrics, it counts the requests of both.
+        for _ in range(4):
+            metrics = httpx.get(f"{base_url}/metrics", timeout=10).text
+            assert _requests_counted(metrics, "/search/text") == sent
