@@ -95,21 +95,27 @@ class BodyLimitMiddleware:
 
         received = 0
         exceeded = False
+        body_done = False
         response_started = False
         replaced = False
 
         async def limited_receive() -> Message:
-            nonlocal received, exceeded
+            nonlocal received, exceeded, body_done
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     exceeded = True
                     raise BodyTooLarge(detail)
             return message
 
         def drain_budget() -> int:
-            return self._may_drain(headers, length) - received if exceeded else 0
+            # Nothing to drain once the body has ended: a further receive() would only
+            # wait for the client to disconnect.
+            if not exceeded or body_done:
+                return 0
+            return self._may_drain(headers, length) - received
 
         async def guarded_send(message: Message) -> None:
             nonlocal response_started, replaced
