@@ -1,12 +1,15 @@
-"""Load test of the search service: latency percentiles and throughput, batching on and off.
+"""Load test of the search service against a bare-FastAPI floor, lever by lever.
 
-Starts `python -m service` on 127.0.0.1 (loopback only) for each batching setting, drives
-POST /search/text at several concurrencies and POST /search/image at a few, each scenario
-bounded by a request count and a time limit, then stops the server. It also times the
-encoders' own forward passes in this process, to compare the service's latency with the
-model's share of it.
+For each variant (a source tree, uvicorn's loop and HTTP parser, service settings) it
+starts the service on 127.0.0.1 (loopback only) and beside it the floor
+(benchmarks/floor_app.py: a bare FastAPI app on the same uvicorn, same JSON body in, a
+constant response of the same shape and size out), then drives POST /search/text at each
+concurrency on the floor and on the service in turn, and POST /search/image on the
+service. Every scenario is bounded by a request count and a time limit. It also times in
+this process what the model costs: one text query, 32, decode + forward of one image.
 
-    python benchmarks/bench_service.py --model_dir runs/demo/model --index_dir indexes/demo
+    python benchmarks/bench_service.py --model_dir runs/demo --index_dir indexes/demo \
+        [--baseline_root /path/to/a/checkout/of/main]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -38,8 +42,9 @@ HOST = "127.0.0.1"  # the benchmark never leaves this machine
 class Result:
     """One scenario's numbers."""
 
+    variant: str
+    target: str  # "service" or "floor"
     endpoint: str
-    batching: str
     concurrency: int
     requests: int
     errors: int
@@ -57,31 +62,25 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _floats(text: str) -> list[float]:
-    values = [float(v) for v in text.split(",") if v.strip()]
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative numbers like 2,0; got {text!r}")
-    return values
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model_dir", required=True, type=Path, help="exported model directory")
     p.add_argument("--index_dir", required=True, type=Path, help="index directory")
-    p.add_argument("--text_concurrency", type=_ints, default=[1, 8, 32])
-    p.add_argument("--image_concurrency", type=_ints, default=[1, 4])
+    p.add_argument("--text_concurrency", type=_ints, default=[1, 32])
+    p.add_argument("--image_concurrency", type=_ints, default=[1])
     p.add_argument(
-        "--batch_windows_ms",
-        type=_floats,
-        default=[2.0, 0.0],
-        help="VSEPP_BATCH_WINDOW_MS values to compare (0 = batching off); default 2,0",
+        "--baseline_root",
+        type=Path,
+        default=None,
+        help="a source tree of the service before these levers (e.g. `git archive main`): "
+        "its rows come first",
     )
-    p.add_argument("--batch_max", type=int, default=32, help="VSEPP_BATCH_MAX")
-    p.add_argument("--requests", type=int, default=300, help="requests per text scenario")
-    p.add_argument("--image_requests", type=int, default=60, help="requests per image scenario")
+    p.add_argument("--only", nargs="*", default=[], help="run the variants whose name has this")
+    p.add_argument("--requests", type=int, default=1000, help="requests per text scenario")
+    p.add_argument("--image_requests", type=int, default=200, help="requests per image scenario")
     p.add_argument("--max_seconds", type=float, default=30.0, help="time limit per scenario")
-    p.add_argument("--warmup", type=int, default=5, help="unmeasured requests per scenario")
+    p.add_argument("--warmup", type=int, default=20, help="unmeasured requests per scenario")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--forward_repeats", type=int, default=30, help="in-process encoder timings")
     p.add_argument("--startup_timeout", type=float, default=300.0)
@@ -91,7 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("model_dir", "index_dir"):
         if not getattr(args, name).is_dir():
             p.error(f"--{name} {getattr(args, name)} is not a directory")
-    for name in ("requests", "image_requests", "forward_repeats", "batch_max", "k"):
+    for name in ("requests", "image_requests", "forward_repeats", "k"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
     if args.max_seconds <= 0:
@@ -182,13 +181,20 @@ async def run_scenario(
 
 
 def summarise(
-    endpoint: str, batching: str, concurrency: int, latencies: list[float], errors: int, wall: float
+    variant: str,
+    target: str,
+    endpoint: str,
+    concurrency: int,
+    latencies: list[float],
+    errors: int,
+    wall: float,
 ) -> Result:
     """Percentiles and throughput of one scenario."""
     ms = np.asarray(latencies) * 1000.0 if latencies else np.zeros(1)
     return Result(
+        variant=variant,
+        target=target,
         endpoint=endpoint,
-        batching=batching,
         concurrency=concurrency,
         requests=len(latencies),
         errors=errors,
@@ -200,7 +206,7 @@ def summarise(
     )
 
 
-# --------------------------------------------------------------------------- server
+# --------------------------------------------------------------------------- servers
 
 
 def free_port() -> int:
@@ -211,59 +217,118 @@ def free_port() -> int:
         return port
 
 
-class ServiceProcess:
-    """`python -m service` on 127.0.0.1 with one batching setting, as a context manager."""
+@dataclass(frozen=True)
+class Variant:
+    """One way of running the service: which source tree, which uvicorn, which settings."""
 
-    def __init__(self, args: argparse.Namespace, window_ms: float, log: Path) -> None:
-        self.args = args
-        self.window_ms = window_ms
-        self.log = log
+    name: str
+    root: Path  # the source tree served (this one, or --baseline_root)
+    loop: str = "uvloop"
+    http: str = "httptools"
+    env: tuple[tuple[str, str], ...] = ()
+    workers: int = 1
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    """The levers, added one at a time (each row keeps what the rows above it added,
+    except that the workers row goes back to FAISS on 1 thread). uvloop and httptools
+    are the Variant default."""
+    window2 = (("VSEPP_BATCH_WINDOW_MS", "2"),)
+    out = []
+    if args.baseline_root is not None:
+        out += [
+            Variant(
+                "main: asyncio+h11, 2 ms window", args.baseline_root, "asyncio", "h11", window2
+            ),
+            Variant("main + uvloop+httptools", args.baseline_root, env=window2),
+        ]
+    out += [
+        Variant("+ async deps, orjson, one validation", REPO, env=window2),
+        Variant("+ adaptive batcher (no window)", REPO),
+        Variant("+ FAISS 2 threads", REPO, env=(("VSEPP_FAISS_THREADS", "2"),)),
+        Variant("+ 2 workers (FAISS 1 thread)", REPO, workers=2),
+    ]
+    chosen = [v for v in out if not args.only or any(o in v.name for o in args.only)]
+    if not chosen:
+        raise SystemExit(f"--only {args.only} matches none of {[v.name for v in out]}")
+    return chosen
+
+
+class Server:
+    """A uvicorn process on 127.0.0.1 serving `app` (an import string), as a context
+    manager that returns once `ready_path` answers 200."""
+
+    def __init__(
+        self,
+        app: str,
+        root: Path,
+        log: Path,
+        *,
+        loop: str,
+        http: str,
+        env: dict[str, str],
+        workers: int = 1,
+        ready_path: str = "/health",
+        startup_timeout: float = 300.0,
+    ) -> None:
         self.port = free_port()
         self.base_url = f"http://{HOST}:{self.port}"
+        self.command = [
+            sys.executable, "-m", "uvicorn", app, "--host", HOST, "--port", str(self.port),
+            "--loop", loop, "--http", http, "--workers", str(workers),
+            "--log-level", "warning", "--no-access-log",
+        ]  # fmt: skip
+        self.root, self.log, self.ready_path = root, log, ready_path
+        self.startup_timeout = startup_timeout
+        self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(root), **env}
+        self.metrics_dir: str | None = None
+        if workers > 1:
+            self.metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> ServiceProcess:
-        env = dict(os.environ)
-        env.update(
-            VSEPP_BATCH_WINDOW_MS=str(self.window_ms),
-            VSEPP_BATCH_MAX=str(self.args.batch_max),
-            VSEPP_MAX_K=str(max(100, self.args.k)),
-            TF_CPP_MIN_LOG_LEVEL="2",
-        )
-        command = [
-            sys.executable, "-m", "service", "--host", HOST, "--port", str(self.port),
-            "--model_dir", str(self.args.model_dir), "--index_dir", str(self.args.index_dir),
-            "--log-level", "warning",
-        ]  # fmt: skip
+    def __enter__(self) -> Server:
         with self.log.open("wb") as sink:
             self.process = subprocess.Popen(
-                command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT
+                self.command, cwd=self.root, env=self.env, stdout=sink, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + self.args.startup_timeout
+        try:
+            return self._wait_ready()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+
+    def _wait_ready(self) -> Server:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        ready = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise SystemExit(f"the server exited early:\n{self.log.read_text()[-4000:]}")
+                raise SystemExit(f"{self.command} exited early:\n{self.log.read_text()[-4000:]}")
             try:
-                health = httpx.get(f"{self.base_url}/health", timeout=2.0)
-                if health.status_code == 200:
+                answer = httpx.get(f"{self.base_url}{self.ready_path}", timeout=2.0)
+                # Several workers: each has to have loaded, so ask a few times in a row.
+                ready = ready + 1 if answer.status_code == 200 else 0
+                if ready >= 10:
                     return self
-                if health.json().get("status") == "error":
-                    raise SystemExit(f"the server could not load: {health.text}")
+                if answer.status_code != 200 and answer.json().get("status") == "error":
+                    raise SystemExit(f"the server could not load: {answer.text}")
+                continue
             except httpx.HTTPError:
-                pass
+                ready = 0
             time.sleep(0.25)
-        self.__exit__(None, None, None)
-        raise SystemExit(f"the server was not healthy after {self.args.startup_timeout}s")
+        raise SystemExit(f"{self.command} not ready after {self.startup_timeout}s")
 
     def __exit__(self, *exc: object) -> None:
-        if self.process is None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        if self.process is not None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- in-process model
@@ -277,13 +342,17 @@ def time_forward_passes(
 
     from PIL import Image
 
+    from vsepp.images import canonical_image_bytes
     from vsepp.model_dir import load_encoders
 
     encoders = load_encoders(model_dir)
-    with Image.open(io.BytesIO(images[0][1])) as image:
+    data = images[0][1]
+    with Image.open(io.BytesIO(data)) as image:
         rgb = np.asarray(image.convert("RGB"))[None]
     encoders.encode_image_arrays(rgb)  # trace once
+    encoders.encode_image_bytes([data])
     encoders.encode_texts(captions[:1])
+    encoders.encode_texts(captions[:32])
 
     def median_ms(call: Any) -> float:
         times = []
@@ -295,6 +364,10 @@ def time_forward_passes(
 
     return {
         "image_forward_ms": median_ms(lambda: encoders.encode_image_arrays(rgb)),
+        # What the service does with an upload: the one decoder, then the model.
+        "image_decode_forward_ms": median_ms(
+            lambda: encoders.encode_image_bytes([canonical_image_bytes(data)])
+        ),
         "text_forward_ms": median_ms(lambda: encoders.encode_texts(captions[:1])),
         "text_forward_batch32_ms": median_ms(lambda: encoders.encode_texts(captions[:32])),
     }
@@ -304,72 +377,163 @@ def time_forward_passes(
 
 
 def format_table(results: list[Result]) -> str:
-    """A Markdown table of the scenarios."""
+    """A Markdown table: each service row beside the floor row of the same run."""
+    floors = {(r.variant, r.concurrency): r for r in results if r.target == "floor"}
     lines = [
-        "| endpoint | batching | conc. | requests | errors | req/s | p50 ms | p95 ms | p99 ms |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | endpoint | conc. | req/s | p50 ms | p99 ms | errors | floor req/s | "
+        "floor p50 ms | req/s / floor | p50 - floor p50 ms | p99 / p50 |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results:
+        if r.target != "service":
+            continue
+        f = floors.get((r.variant, r.concurrency)) if r.endpoint == "/search/text" else None
+        floor_cols = (
+            f"{f.rps} | {f.p50_ms} | {r.rps / f.rps:.2f} | {r.p50_ms - f.p50_ms:.2f}"
+            if f is not None and f.rps > 0
+            else " |  |  | "
+        )
         lines.append(
-            f"| {r.endpoint} | {r.batching} | {r.concurrency} | {r.requests} | {r.errors} | "
-            f"{r.rps} | {r.p50_ms} | {r.p95_ms} | {r.p99_ms} |"
+            f"| {r.variant} | {r.endpoint} | {r.concurrency} | {r.rps} | {r.p50_ms} | "
+            f"{r.p99_ms} | {r.errors} | {floor_cols} | {r.p99_ms / max(r.p50_ms, 1e-9):.2f} |"
         )
     return "\n".join(lines)
 
 
+def aims(results: list[Result], forward: dict[str, float]) -> list[str]:
+    """The issue's aims, per variant, held or missed."""
+    out = []
+    budget = 1.5 * forward["text_forward_ms"]
+    for variant in dict.fromkeys(r.variant for r in results):
+        rows = {(r.target, r.endpoint, r.concurrency): r for r in results if r.variant == variant}
+        s1, f1 = rows.get(("service", "/search/text", 1)), rows.get(("floor", "/search/text", 1))
+        s32, f32 = (
+            rows.get(("service", "/search/text", 32)),
+            rows.get(("floor", "/search/text", 32)),
+        )
+        img = rows.get(("service", "/search/image", 1))
+        if s1 and f1:
+            held = s1.p50_ms <= f1.p50_ms + budget
+            out.append(
+                f"{variant}: c=1 p50 {s1.p50_ms} <= floor {f1.p50_ms} + 1.5 x encode "
+                f"{forward['text_forward_ms']} = {f1.p50_ms + budget:.2f} ms: "
+                f"{'held' if held else 'missed'}"
+            )
+        if s32 and f32:
+            ratio = s32.rps / f32.rps if f32.rps else 0.0
+            tail = s32.p99_ms / max(s32.p50_ms, 1e-9)
+            out.append(
+                f"{variant}: c=32 {ratio:.2f} of the floor's req/s (aim >= 0.5: "
+                f"{'held' if ratio >= 0.5 else 'missed'}), p99/p50 {tail:.2f} (aim <= 4: "
+                f"{'held' if tail <= 4 else 'missed'}), errors {s32.errors}"
+            )
+        if img:
+            ratio = img.p50_ms / forward["image_decode_forward_ms"]
+            out.append(
+                f"{variant}: /search/image c=1 p50 {img.p50_ms} = {ratio:.2f} x decode+forward "
+                f"{forward['image_decode_forward_ms']} ms (aim <= 1.3: "
+                f"{'held' if ratio <= 1.3 else 'missed'})"
+            )
+    return out
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (and SIGINT, ignored in background jobs) into SystemExit, so that the
+    servers this process started are stopped by their context managers."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as /proc/loadavg says."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run every scenario and print the table."""
+    """Run every variant and print the table with the floor and the aims."""
     args = parse_args(argv)
+    stop_on_sigterm()
     captions, images = load_workload(args.index_dir, args.seed)
     results: list[Result] = []
     log_dir = Path(tempfile.mkdtemp(prefix="bench-service-"))
-    for window in args.batch_windows_ms:
-        batching = f"on ({window:g} ms)" if window > 0 else "off"
-        print(f"starting the server with VSEPP_BATCH_WINDOW_MS={window:g}", file=sys.stderr)
-        with ServiceProcess(args, window, log_dir / f"server-{window:g}.log") as server:
-            scenarios = [("/search/text", c, args.requests) for c in args.text_concurrency]
-            scenarios += [("/search/image", c, args.image_requests) for c in args.image_concurrency]
-            for endpoint, concurrency, total in scenarios:
-                latencies, errors, wall = asyncio.run(
-                    run_scenario(
-                        server.base_url, endpoint, concurrency, total, args.max_seconds,
-                        args.warmup, args.k, captions, images,
-                    )
-                )  # fmt: skip
-                result = summarise(endpoint, batching, concurrency, latencies, errors, wall)
-                results.append(result)
-                print(
-                    f"  {endpoint} c={concurrency}: {result.rps} req/s, p50 {result.p50_ms} ms",
-                    file=sys.stderr,
-                )
+    print(f"load average before: {load_average()}", file=sys.stderr)
+    loads = [load_average()]
+    settings_env = {
+        "VSEPP_MODEL_DIR": str(args.model_dir.resolve()),
+        "VSEPP_INDEX_DIR": str(args.index_dir.resolve()),
+        "VSEPP_MAX_K": str(max(100, args.k)),
+    }
+
+    def run(variant: str, target: str, base_url: str, endpoint: str, concurrency: int) -> None:
+        total = args.requests if endpoint == "/search/text" else args.image_requests
+        latencies, errors, wall = asyncio.run(
+            run_scenario(
+                base_url, endpoint, concurrency, total, args.max_seconds,
+                args.warmup, args.k, captions, images,
+            )
+        )  # fmt: skip
+        result = summarise(variant, target, endpoint, concurrency, latencies, errors, wall)
+        results.append(result)
+        print(
+            f"  {target} {endpoint} c={concurrency}: {result.rps} req/s, p50 {result.p50_ms} ms, "
+            f"p99 {result.p99_ms} ms, errors {errors}",
+            file=sys.stderr,
+        )
+
+    for i, v in enumerate(variants(args)):
+        print(f"variant {v.name}", file=sys.stderr)
+        env = {**settings_env, **dict(v.env)}
+        service = Server(
+            "service.main:app", v.root, log_dir / f"service-{i}.log", loop=v.loop, http=v.http,
+            env=env, workers=v.workers, startup_timeout=args.startup_timeout,
+        )  # fmt: skip
+        with service:
+            # The floor answers what the service answers to a typical query.
+            sample = httpx.post(
+                f"{service.base_url}/search/text", json={"query": captions[0], "k": args.k}
+            )
+            body = log_dir / f"response-{i}.json"
+            body.write_bytes(sample.content)
+            floor = Server(
+                "benchmarks.floor_app:app", REPO, log_dir / f"floor-{i}.log", loop=v.loop,
+                http=v.http, env={"FLOOR_RESPONSE": str(body)}, ready_path="/openapi.json",
+            )  # fmt: skip
+            with floor:
+                for concurrency in args.text_concurrency:
+                    run(v.name, "floor", floor.base_url, "/search/text", concurrency)
+                    run(v.name, "service", service.base_url, "/search/text", concurrency)
+            for concurrency in args.image_concurrency:
+                run(v.name, "service", service.base_url, "/search/image", concurrency)
+        loads.append(load_average())
     print("timing the encoders in this process", file=sys.stderr)
     forward = time_forward_passes(args.model_dir, images, captions, args.forward_repeats)
 
     print(format_table(results))
     print()
     print(
-        f"in-process forward pass (median of {args.forward_repeats}): image "
-        f"{forward['image_forward_ms']} ms, text {forward['text_forward_ms']} ms, "
-        f"32 texts {forward['text_forward_batch32_ms']} ms"
+        f"in-process (median of {args.forward_repeats}): text encode of 1 query "
+        f"{forward['text_forward_ms']} ms, of 32 {forward['text_forward_batch32_ms']} ms; "
+        f"image forward {forward['image_forward_ms']} ms, decode + forward "
+        f"{forward['image_decode_forward_ms']} ms"
     )
-    for endpoint, key in (
-        ("/search/image", "image_forward_ms"),
-        ("/search/text", "text_forward_ms"),
-    ):
-        single = [r for r in results if r.endpoint == endpoint and r.concurrency == 1]
-        if single and forward[key] > 0:
-            ratio = single[0].p50_ms / forward[key]
-            print(f"{endpoint} p50 at concurrency 1 / forward pass = {ratio:.2f}")
+    print(f"load average (1, 5, 15 min) before and after each variant: {' | '.join(loads)}")
+    print()
+    for line in aims(results, forward):
+        print(f"- {line}")
     if args.out is not None:
         args.out.write_text(
             json.dumps(
-                {"results": [asdict(r) for r in results], "forward": forward, "args": {
-                    "model_dir": str(args.model_dir), "index_dir": str(args.index_dir),
-                    "batch_max": args.batch_max, "k": args.k,
-                }},
+                {"results": [asdict(r) for r in results], "forward": forward, "load": loads},
                 indent=1,
             )
-        )  # fmt: skip
+        )
     return 0 if all(r.errors == 0 for r in results) else 1
 
 

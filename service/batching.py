@@ -1,8 +1,10 @@
-"""Micro-batching: requests that arrive within a short window share one model call.
+"""Micro-batching: requests that wait at the same time share one model call.
 
 A text query costs one GRU pass whether it runs alone or with 31 others, so under load
 collecting concurrent queries into one `encode_texts` call (and one FAISS search) raises
-throughput at the price of at most one window of added latency.
+throughput. The default policy is adaptive: a batch is whatever is queued when the worker
+is free, so a lone query never waits for company, and queries that arrive while a batch
+runs form the next one. A window (> 0) additionally waits that long for company.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ class _Pending(Generic[In, Out]):
 
 
 class MicroBatcher(Generic[In, Out]):
-    """Collect items for up to `window_s` (at most `max_batch`), process them in one call.
+    """Process queued items together (at most `max_batch` a call).
 
     `process` runs in a worker thread, gets a list of items and must return one output per
-    item, in order. With `window_s == 0` every item is processed on its own, in a thread,
+    item, in order. With `window_s == 0` a batch is what waits when the worker is free (it
+    never waits on an empty queue); with `window_s > 0` the worker also waits up to that
+    long for more. With `max_batch == 1` every item is processed on its own, in a thread,
     without the queue. The worker task starts on first use inside the running event loop
     (and again if the loop changes, as it does between TestClient sessions).
     """
@@ -60,7 +64,7 @@ class MicroBatcher(Generic[In, Out]):
     @property
     def enabled(self) -> bool:
         """Whether items are batched at all."""
-        return self.window_s > 0 and self.max_batch > 1
+        return self.max_batch > 1
 
     async def submit(self, item: In) -> Out:
         """Process `item`, batched with whatever else arrives within the window."""
@@ -101,7 +105,7 @@ class MicroBatcher(Generic[In, Out]):
         batch = [await queue.get()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.window_s
-        while len(batch) < self.max_batch:
+        while self.window_s > 0 and len(batch) < self.max_batch:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break

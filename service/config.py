@@ -36,15 +36,19 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     # Largest JSON request body in bytes.
     max_json_bytes: int = Field(default=1024 * 1024, ge=1)
+    # After a 413, bytes of the refused body read and thrown away so that a client writing
+    # its whole body before reading gets the answer, not a reset; 0 closes at once.
+    max_drain_bytes: int = Field(default=128 * 1024 * 1024, ge=0)
     # Largest decoded image in pixels (width * height), checked from the header alone.
     max_image_pixels: int = Field(default=24_000_000, ge=1)
 
     # Origins allowed by CORS: a JSON list or a comma-separated string; empty turns CORS off.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    # Micro-batching of text queries: how long the batcher waits for company (0 turns it
-    # off: each query is encoded on its own in a worker thread) and the largest batch.
-    batch_window_ms: float = Field(default=2.0, ge=0.0)
+    # Micro-batching of text queries: how long the batcher waits for company (0, the
+    # default: never; a batch is what queued up while the previous one ran) and the largest
+    # batch (1 turns batching off: each query is encoded on its own in a worker thread).
+    batch_window_ms: float = Field(default=0.0, ge=0.0)
     batch_max: int = Field(default=32, ge=1)
     # Images decoded and encoded at once; bounds the memory that concurrent uploads take.
     image_concurrency: int = Field(default=2, ge=1)

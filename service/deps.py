@@ -1,4 +1,8 @@
-"""Shared route dependencies, as Annotated aliases."""
+"""Shared route dependencies, as Annotated aliases.
+
+They are `async def` although they do not await: FastAPI runs a plain `def` dependency in
+a worker thread, and three thread hops per request cost more than the search itself.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from service.metrics import Metrics
 from service.state import Backend, ServiceState
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     """The app's ServiceState (set by create_app)."""
     state: ServiceState = request.app.state.vsepp
     return state
@@ -20,17 +24,17 @@ def get_state(request: Request) -> ServiceState:
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     """The app's settings."""
     return state.settings
 
 
-def get_metrics(state: StateDep) -> Metrics:
+async def get_metrics(state: StateDep) -> Metrics:
     """The app's metrics."""
     return state.metrics
 
 
-def get_backend(state: StateDep) -> Backend:
+async def get_backend(state: StateDep) -> Backend:
     """The loaded model and index; 503 while they load or when loading failed."""
     if state.backend is None:
         if state.error is not None:

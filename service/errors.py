@@ -8,6 +8,7 @@ rather than failing with a 500 while reporting a 422.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +49,23 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """Any HTTPException as {"detail": ...} (no body where HTTP allows none)."""
     assert isinstance(exc, StarletteHTTPException)
     headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
     if exc.status_code < 200 or exc.status_code in (204, 205, 304):
         return Response(status_code=exc.status_code, headers=headers)
     return JSONResponse({"detail": scrub(exc.detail)}, status_code=exc.status_code, headers=headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on this path: Starlette's 405 names only those of the
+    first route that matched the path (POST /search/text hides GET /search/text)."""
+    routes: Sequence[BaseRoute] = getattr(request.app.state, "method_routes", ())
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches({**request.scope, "method": ""})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:
@@ -58,8 +74,13 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": "internal server error"}, status_code=500)
 
 
-def install(app: FastAPI) -> None:
-    """Register the handlers on `app`."""
+def install(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Register the handlers on `app`; `routes` are every route, for 405's Allow header
+    (FastAPI nests included routers, so app.routes does not list them)."""
+    app.state.method_routes = [
+        *(r for r in app.router.routes if getattr(r, "methods", None)),
+        *routes,
+    ]
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)

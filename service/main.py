@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from index import LoadedIndex
-from service import errors
+from service import errors, openapi
 from service.config import Settings
 from service.imaging import configure_pil
 from service.metrics import Metrics
@@ -115,16 +115,19 @@ def create_app(
     )
     app.state.vsepp = state
 
-    for module in (health, search, images, thumbs, embed, admin, page):
-        app.include_router(module.router)
+    routers = [module.router for module in (health, search, images, thumbs, embed, admin, page)]
+    for router in routers:
+        app.include_router(router)
 
-    errors.install(app)
+    errors.install(app, [route for router in routers for route in router.routes])
+    openapi.install(app, settings)
 
     # add_middleware wraps what is already there: the last one added runs first.
     app.add_middleware(
         BodyLimitMiddleware,
         max_upload_bytes=settings.max_upload_bytes,
         max_json_bytes=settings.max_json_bytes,
+        max_drain_bytes=settings.max_drain_bytes,
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -139,5 +142,5 @@ def create_app(
 
 app = create_app()
 # The server process (not every app a test builds) aligns PIL's process-wide bomb guard with
-# the pixel budget; decode_image checks the budget from the header either way.
+# the pixel budget; vsepp.images checks the budget from the header either way.
 configure_pil(app.state.vsepp.settings.max_image_pixels)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_K = 10
 
@@ -18,13 +18,24 @@ class ErrorResponse(BaseModel):
 class TextSearchRequest(BaseModel):
     """A sentence to find images for."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{"query": "a dog runs", "k": 10}]})
+    # Strict: "5" or true for k is not an integer, as the schema says (no silent coercion).
+    model_config = ConfigDict(
+        strict=True, json_schema_extra={"examples": [{"query": "a dog runs", "k": 10}]}
+    )
 
     query: str = Field(min_length=1, description="The sentence; at most VSEPP_MAX_QUERY_CHARS.")
     k: int = Field(default=DEFAULT_K, ge=1, description="How many images; at most VSEPP_MAX_K.")
     offset: int = Field(
         default=0, ge=0, description="Results to skip (paging); at most VSEPP_MAX_K."
     )
+
+    @field_validator("k", mode="before")
+    @classmethod
+    def _integral_number(cls, value: Any) -> Any:
+        # JSON Schema's integer is any number without a fraction: 78.0 is one, "78" is not.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
 
 
 class ImageResult(BaseModel):
@@ -88,6 +99,7 @@ class ImageToImageResponse(BaseModel):
 class EmbedTextRequest(BaseModel):
     """Sentences to embed."""
 
+    model_config = ConfigDict(strict=True)
     texts: list[str] = Field(min_length=1, description="At most VSEPP_MAX_EMBED_TEXTS.")
 
 

@@ -107,7 +107,7 @@ def test_health_reports_model_and_index(client: TestClient, backend: ServiceBack
     assert body["index"]["images"] == len(backend.index.image_ids)
     assert body["index"]["captions"] == len(backend.index.captions)
     assert body["index"]["model_hash"] == backend.encoders.model_hash
-    assert body["batching"] == {"enabled": True, "window_ms": 2.0, "max_batch": 32}
+    assert body["batching"] == {"enabled": True, "window_ms": 0.0, "max_batch": 32}
 
 
 def test_health_is_503_until_loaded_then_200(
@@ -491,9 +491,11 @@ def test_oversized_json_is_413(make_client: ClientFactory) -> None:
 
 async def _call_asgi(
     app: Any, headers: list[tuple[bytes, bytes]], chunks: Iterator[bytes]
-) -> tuple[int, dict[str, Any], int]:
-    """Run one POST /search/image through the ASGI app; (status, body, chunks consumed)."""
+) -> tuple[int, dict[str, Any], int, int]:
+    """Run one POST /search/image through the ASGI app; (status, body, chunks consumed
+    when the answer started, chunks consumed in all)."""
     consumed = 0
+    at_start = -1
 
     async def receive() -> dict[str, Any]:
         nonlocal consumed
@@ -506,6 +508,9 @@ async def _call_asgi(
     messages: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
+        nonlocal at_start
+        if message["type"] == "http.response.start":
+            at_start = consumed
         messages.append(message)
 
     scope = {
@@ -526,7 +531,7 @@ async def _call_asgi(
     await app(scope, receive, send)
     start = next(m for m in messages if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-    return start["status"], json.loads(body), consumed
+    return start["status"], json.loads(body), at_start, consumed
 
 
 def test_body_is_refused_while_it_streams_in(backend: ServiceBackend) -> None:
@@ -545,10 +550,43 @@ def test_body_is_refused_while_it_streams_in(backend: ServiceBackend) -> None:
             yield b"\x00" * 65536
 
     headers = [(b"content-type", b"multipart/form-data; boundary=" + boundary)]  # no length
-    status, body, consumed = asyncio.run(_call_asgi(app, headers, chunks()))
+    status, body, at_start, consumed = asyncio.run(_call_asgi(app, headers, chunks()))
     assert status == 413
     assert "VSEPP_MAX_UPLOAD_BYTES" in body["detail"]
-    assert consumed <= (SMALL_UPLOAD + 64 * 1024) // 65536 + 2, consumed
+    # The answer was decided and written once the limit was passed ...
+    assert at_start <= (SMALL_UPLOAD + 64 * 1024) // 65536 + 2, at_start
+    # ... and the rest read off (and dropped), so that the client gets to read it.
+    assert consumed == total_chunks + 1
+
+    # With draining off, nothing past the limit is read at all.
+    app = create_app(
+        Settings(max_upload_bytes=SMALL_UPLOAD, max_drain_bytes=0), backend.encoders, backend.index
+    )
+    status, _, at_start, consumed = asyncio.run(_call_asgi(app, headers, chunks()))
+    assert status == 413 and consumed == at_start <= (SMALL_UPLOAD + 64 * 1024) // 65536 + 2
+
+
+def test_draining_stops_at_its_bound(backend: ServiceBackend) -> None:
+    drain = 1024 * 1024
+    app = create_app(
+        Settings(max_upload_bytes=SMALL_UPLOAD, max_drain_bytes=drain),
+        backend.encoders,
+        backend.index,
+    )
+
+    def endless() -> Iterator[bytes]:
+        yield (
+            b"--b\r\n"
+            b'Content-Disposition: form-data; name="file"; filename="x.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n"
+        )
+        while True:
+            yield b"\x00" * 65536
+
+    headers = [(b"content-type", b"multipart/form-data; boundary=b")]
+    status, _, _, consumed = asyncio.run(_call_asgi(app, headers, endless()))
+    assert status == 413
+    assert consumed <= drain // 65536 + 2, consumed
 
 
 def test_content_length_over_the_bound_is_refused_before_reading(
@@ -564,7 +602,7 @@ def test_content_length_over_the_bound_is_refused_before_reading(
         (b"content-type", b"multipart/form-data; boundary=x"),
         (b"content-length", str(10**9).encode()),
     ]
-    status, body, consumed = asyncio.run(_call_asgi(app, headers, never()))
+    status, body, _, consumed = asyncio.run(_call_asgi(app, headers, never()))
     assert (status, consumed) == (413, 0)
     assert "VSEPP_MAX_UPLOAD_BYTES" in body["detail"]
 
@@ -709,7 +747,7 @@ def test_concurrent_queries_are_batched_with_the_same_results(backend: ServiceBa
         Settings(batch_window_ms=20, batch_max=64), batched_encoders, backend.index
     )
     direct_encoders = CountingEncoders(backend.encoders)
-    direct_app = create_app(Settings(batch_window_ms=0), direct_encoders, backend.index)
+    direct_app = create_app(Settings(batch_max=1), direct_encoders, backend.index)
 
     batched = asyncio.run(_concurrent_text_searches(batched_app, queries))
     direct = asyncio.run(_concurrent_text_searches(direct_app, queries))
@@ -839,7 +877,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_batching_can_be_switched_off(make_client: ClientFactory) -> None:
-    client = make_client(batch_window_ms=0)
+    client = make_client(batch_max=1)
     assert client.get("/health").json()["batching"]["enabled"] is False
     assert client.post("/search/text", json={"query": "red"}).status_code == 200
 

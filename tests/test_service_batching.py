@@ -56,16 +56,36 @@ def test_max_batch_is_respected() -> None:
     assert all(len(c) <= 4 for c in process.calls)
 
 
-def test_window_zero_processes_each_item_alone_in_a_thread() -> None:
+def test_max_batch_one_processes_each_item_alone_in_a_thread() -> None:
     process = Recorder()
     sizes: list[int] = []
-    batcher = MicroBatcher(process, window_s=0.0, max_batch=32, on_batch=sizes.append)
+    batcher = MicroBatcher(process, window_s=0.0, max_batch=1, on_batch=sizes.append)
     assert not batcher.enabled
     out = asyncio.run(_submit_all(batcher, list(range(6))))
     assert out == [2 * i for i in range(6)]
     assert sorted(process.calls) == [[i] for i in range(6)]
     assert sizes == [1] * 6
     assert threading.main_thread().name not in process.threads
+
+
+def test_adaptive_batches_what_queued_while_the_worker_was_busy() -> None:
+    process = Recorder(delay_s=0.05)
+    batcher = MicroBatcher(process, window_s=0.0, max_batch=32)
+    assert batcher.enabled
+
+    async def run() -> list[int]:
+        try:
+            first = asyncio.ensure_future(batcher.submit(0))  # alone: goes at once
+            await asyncio.sleep(0.01)  # the worker is busy with it now
+            rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 9)]
+            return [await first, *[await r for r in rest]]
+        finally:
+            await batcher.aclose()
+
+    assert asyncio.run(run()) == [2 * i for i in range(9)]
+    # The lone first item did not wait for company; the eight that queued behind it
+    # went together in the next call.
+    assert process.calls == [[0], list(range(1, 9))]
 
 
 def test_a_failing_batch_fails_its_items_only() -> None:

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, File, HTTPException, UploadFile
+from fastapi import APIRouter, File, HTTPException, Response, UploadFile
 
 from service.deps import BackendDep, SettingsDep, StateDep
 from service.imaging import ImageRejected
+from service.responses import fast_json
 from service.routes.helpers import check_text
 from service.routing import ServiceRoute, invalid
 from service.schemas import EmbedResponse, EmbedTextRequest, ErrorResponse
@@ -30,7 +31,7 @@ def _ms(start: float) -> float:
 )
 async def embed_text(
     body: EmbedTextRequest, backend: BackendDep, settings: SettingsDep
-) -> EmbedResponse:
+) -> Response:
     """One vector per text, with the number of its words the model knows."""
     start = time.perf_counter()
     if len(body.texts) > settings.max_embed_texts:
@@ -44,12 +45,14 @@ async def embed_text(
         for i, text in enumerate(body.texts)
     ]
     vectors, known = await anyio.to_thread.run_sync(backend.engine.embed_texts, texts)
-    return EmbedResponse(
-        vectors=vectors.tolist(),
-        dim=int(vectors.shape[1]),
-        model_hash=backend.encoders.model_hash,
-        known_words=[int(n) for n in known],
-        took_ms=_ms(start),
+    return fast_json(
+        EmbedResponse(
+            vectors=vectors.tolist(),
+            dim=int(vectors.shape[1]),
+            model_hash=backend.encoders.model_hash,
+            known_words=[int(n) for n in known],
+            took_ms=_ms(start),
+        )
     )
 
 

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 
 from service.deps import BackendDep, SettingsDep, StateDep
 from service.imaging import ImageRejected
+from service.responses import fast_json
 from service.routes.helpers import (
     caption_results,
     check_text,
@@ -58,28 +59,32 @@ def _ms(start: float) -> float:
 
 async def _text_search(
     request: Request, backend: Backend, query: str, k: int, start: float, offset: int = 0
-) -> TextSearchResponse:
+) -> Response:
     hits = await backend.text_batcher.submit(TextQuery(query, k + offset, backend.engine))
     if hits.known_words <= 0:
-        return TextSearchResponse(
-            results=[],
-            took_ms=_ms(start),
-            known_words=0,
-            no_known_words=True,
-            message=NO_KNOWN_WORDS,
+        return fast_json(
+            TextSearchResponse(
+                results=[],
+                took_ms=_ms(start),
+                known_words=0,
+                no_known_words=True,
+                message=NO_KNOWN_WORDS,
+            )
         )
-    return TextSearchResponse(
-        results=image_results(request, backend, hits.ranked.after(offset), offset),
-        took_ms=_ms(start),
-        known_words=hits.known_words,
-        no_known_words=False,
+    return fast_json(
+        TextSearchResponse(
+            results=image_results(request, backend, hits.ranked.after(offset), offset),
+            took_ms=_ms(start),
+            known_words=hits.known_words,
+            no_known_words=False,
+        )
     )
 
 
 @router.post("/text", response_model=TextSearchResponse, responses=_errors(415, 503))
 async def search_text(
     body: TextSearchRequest, request: Request, backend: BackendDep, settings: SettingsDep
-) -> TextSearchResponse:
+) -> Response:
     """Images for a sentence, best first (cosine similarity)."""
     start = time.perf_counter()
     k = resolve_k(body.k if "k" in body.model_fields_set else None, settings, ("body", "k"))
@@ -96,7 +101,7 @@ async def search_text_get(
     q: Annotated[str, Query(min_length=1, description="The sentence.")],
     k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
     offset: Annotated[int, Query(ge=0, description="Results to skip (paging).")] = 0,
-) -> TextSearchResponse:
+) -> Response:
     """The same search as POST /search/text, as a link: /search/text?q=a+dog&k=10."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
@@ -117,7 +122,7 @@ async def search_image(
     state: StateDep,
     file: Annotated[UploadFile, File(description="The image (JPEG, PNG, GIF, TIFF, WebP, BMP).")],
     k: Annotated[int | None, Form(ge=1, description="How many captions (default 10).")] = None,
-) -> ImageSearchResponse:
+) -> Response:
     """Captions for an uploaded image, best first (cosine similarity)."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("body", "k"))
@@ -133,11 +138,13 @@ async def search_image(
         ranked, image = await anyio.to_thread.run_sync(work, limiter=state.image_limiter())
     except ImageRejected as exc:
         raise HTTPException(exc.status_code, exc.detail) from exc
-    return ImageSearchResponse(
-        results=caption_results(request, backend, ranked),
-        took_ms=_ms(start),
-        height=image.height,
-        width=image.width,
+    return fast_json(
+        ImageSearchResponse(
+            results=caption_results(request, backend, ranked),
+            took_ms=_ms(start),
+            height=image.height,
+            width=image.width,
+        )
     )
 
 
