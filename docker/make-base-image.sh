@@ -10,13 +10,17 @@
 # Debian's python3 (3.11 on bookworm), venv and pip, imported with `docker import` and
 # tagged with the image name, so the Dockerfile builds unchanged. It checks that Debian's
 # python3 is the version the tag names. Needs root (debootstrap), debootstrap and docker.
-# Settings: DOCKER (default /usr/bin/docker when present), DEBIAN_MIRROR (default
-# http://deb.debian.org/debian).
+# The base it makes also trusts the certificate authorities this machine added locally
+# (/usr/local/share/ca-certificates, e.g. a TLS-inspecting proxy's), so that pip inside the
+# build reaches the package index the way the machine does. Settings: DOCKER (default
+# /usr/bin/docker when present), DEBIAN_MIRROR (default http://deb.debian.org/debian),
+# EXTRA_CA_DIR (default /usr/local/share/ca-certificates; empty: none).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 DOCKER=${DOCKER:-$(command -v /usr/bin/docker || command -v docker || true)}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+EXTRA_CA_DIR=${EXTRA_CA_DIR-/usr/local/share/ca-certificates}
 
 log() { printf '[make-base-image] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -56,6 +60,11 @@ debootstrap --variant=minbase \
 found=$(chroot "$root" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 [ "$found" = "$python_version" ] ||
     die "Debian $suite's python3 is $found, not $python_version as $IMAGE says"
+if [ -n "$EXTRA_CA_DIR" ] && compgen -G "$EXTRA_CA_DIR/*.crt" >/dev/null; then
+    log "adding this machine's local certificate authorities from $EXTRA_CA_DIR"
+    cp "$EXTRA_CA_DIR"/*.crt "$root/usr/local/share/ca-certificates/"
+    chroot "$root" update-ca-certificates >&2
+fi
 chroot "$root" apt-get clean
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/log/*.log \
     "$root"/tmp/* "$root"/root/.cache
