@@ -191,8 +191,9 @@ def stack(serving_image: str) -> Iterator[Stack]:
     port = free_port()
     # API_PORT is pasted into "${API_PORT}:8000": with an address the port is published on
     # loopback only. VSEPP_TAG picks the image just built; --no-build keeps compose from
-    # building another.
-    env = {"VSEPP_TAG": TAG, "API_PORT": f"127.0.0.1:{port}", "DATASET": "demo"}
+    # building another. The rest pins what a caller's environment could change.
+    env = {"VSEPP_TAG": TAG, "API_PORT": f"127.0.0.1:{port}", "DATASET": "demo",
+           "WORKERS": "1", "COMPOSE_PROFILES": ""}  # fmt: skip
     compose("down", "-v", "--remove-orphans", env=env, timeout=300, check=False)
     stack = Stack(env, port)
     try:

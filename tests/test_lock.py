@@ -46,7 +46,8 @@ def pins(path: Path) -> dict[str, list[tuple[str, Marker | None, list[str]]]]:
 
 def pyproject() -> dict[str, object]:
     with (REPO / "pyproject.toml").open("rb") as f:
-        return tomllib.load(f)["project"]  # type: ignore[no-any-return]
+        project: dict[str, object] = tomllib.load(f)["project"]
+    return project
 
 
 def project_requirements(*, dev: bool) -> list[Requirement]:
