@@ -111,10 +111,15 @@ def serving_image(docker_engine: str) -> str:
     args = [docker_engine, "build", "--network", "host", "-t", IMAGE]
     for name, value in SHORT_DEMO.items():
         args += ["--build-arg", f"{name}={value}"]
+    previous = run([docker_engine, "image", "inspect", "-f", "{{.Id}}", IMAGE], timeout=60,
+                   check=False).stdout.strip()  # fmt: skip
     start = time.monotonic()
     # BuildKit: the Dockerfile uses COPY --chmod, which the legacy builder lacks.
     run([*args, "."], timeout=BUILD_TIMEOUT_S, env={"DOCKER_BUILDKIT": "1"})
     took = time.monotonic() - start
+    if previous and previous != inspect(IMAGE)["Id"]:
+        # The last run's image, now untagged: drop it (refused, harmlessly, if still in use).
+        run([docker_engine, "image", "rm", previous], timeout=120, check=False)
     size = int(run([docker_engine, "image", "inspect", "-f", "{{.Size}}", IMAGE], timeout=60)
                .stdout.strip())  # fmt: skip
     BUILD_FACTS.update(seconds=took, bytes=size)
