@@ -1,9 +1,9 @@
-# syntax=docker/dockerfile:1
 # VSE++ Search: the CPU serving image.
 #
 #   docker build -t vsepp-search .                      # bakes the demo model and index
 #   docker run --rm -p 8000:8000 vsepp-search           # serves them on http://localhost:8000
 #   docker build --build-arg BAKE_DEMO=0 -t vsepp-search .   # no demo: serve mounted artifacts
+#   docker build --build-arg DEMO_EPOCHS=1 --build-arg DEMO_TRAIN=2000 -t vsepp-search .  # CI's short demo
 #   docker run --rm -p 8000:8000 -v "$PWD/runs/flickr8k:/models/flickr8k:ro" \
 #       -v "$PWD/indexes/flickr8k:/indexes/flickr8k:ro" \
 #       -e RUN_DIR=/models/flickr8k -e INDEX_DIR=/indexes/flickr8k vsepp-search
@@ -23,16 +23,20 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /src
-# The dependencies first, exactly as pyproject.toml bounds them, in a layer of their own:
-# a change to the code does not download TensorFlow again.
+# The dependencies first, in a layer of their own (a change to the code does not download
+# TensorFlow again): the exact versions and hashes of requirements/image.lock.txt, which
+# `make lock` makes from pyproject.toml's ranges, with TensorFlow's CPU-only wheel.
+COPY requirements/image.lock.txt /tmp/image.lock.txt
+RUN pip install --no-cache-dir --require-hashes -r /tmp/image.lock.txt
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
 COPY training/ training/
 COPY index/ index/
 COPY service/ service/
+# The project alone: --no-deps, and --no-build-isolation builds it with the locked setuptools
+# rather than whatever the index serves today. (No `pip check`: the project's metadata asks
+# for `tensorflow`, which tensorflow-cpu provides under another distribution name.)
 # -P: import the installed packages, not the sources in the working directory.
-RUN pip install --no-cache-dir --no-deps . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && python -P -c "import index.build, service.main, training.train"
 
 # --- demo: the demo set, its model and its index, made by the pipeline's own stages ------
@@ -40,6 +44,10 @@ FROM build AS demo
 # 1 (the default) bakes the demo into the image, a few minutes of CPU at build time; 0
 # leaves /artifacts empty (the image then serves what RUN_DIR and INDEX_DIR point to).
 ARG BAKE_DEMO=1
+# The demo's training epochs and training images: the defaults are `make demo`'s full
+# recipe; CI bakes a short one (DEMO_EPOCHS=1 DEMO_TRAIN=2000) to build in minutes.
+ARG DEMO_EPOCHS=6
+ARG DEMO_TRAIN=6000
 ENV PYTHON=/opt/venv/bin/python \
     DATASET=demo \
     DATA_DIR=/artifacts/data/demo \
@@ -49,8 +57,13 @@ ENV PYTHON=/opt/venv/bin/python \
 COPY --chmod=0755 docker/entrypoint.sh docker/entrypoint.sh
 RUN mkdir -p /artifacts \
     && { [ "$BAKE_DEMO" = 0 ] || [ "$BAKE_DEMO" = 1 ] || { echo "BAKE_DEMO=$BAKE_DEMO: 0 or 1" >&2; exit 1; }; } \
+    && for n in "DEMO_EPOCHS=$DEMO_EPOCHS" "DEMO_TRAIN=$DEMO_TRAIN"; do \
+        case "${n#*=}" in ''|0*|*[!0-9]*) echo "$n: a positive whole number" >&2; exit 1 ;; esac; \
+    done \
     && if [ "$BAKE_DEMO" = 1 ]; then \
-        for stage in demo-data train index; do docker/entrypoint.sh "$stage" || exit 1; done; \
+        for stage in demo-data train index; do \
+            EPOCHS="$DEMO_EPOCHS" docker/entrypoint.sh "$stage" || exit 1; \
+        done; \
     fi
 
 # --- runtime: the virtualenv, the entrypoint and the baked artifacts, run as `app` -------

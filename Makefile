@@ -1,14 +1,16 @@
 # The README's two commands: `make demo` (the main job) and `make test` (lint, types, layering,
 # tests).
 VENV ?= .venv
+# The interpreter the venv is made with: 3.11 to 3.13 (e.g. PYTHON=python3.13 VENV=.venv-3.13).
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format lock clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash docker/entrypoint.sh all
+	PYTHON="$(CURDIR)/$(PY)" PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash docker/entrypoint.sh all
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -33,6 +35,12 @@ test: lint
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Pins with hashes of what pyproject.toml's ranges resolve to now (requirements/lock.sh says
+# which file is for what); the Docker build installs from requirements/image.lock.txt.
+lock: install
+	test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet 'uv>=0.9,<1'
+	UV=$(VENV)/bin/uv PYTHON=$(PY) bash requirements/lock.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

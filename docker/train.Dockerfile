@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # VSE++ Search: the GPU training image, on TensorFlow's own GPU image (CUDA and cuDNN inside).
 #
 #   docker build -f docker/train.Dockerfile -t vsepp-search-train .
