@@ -29,6 +29,7 @@ WORKDIR /src
 COPY requirements/image.lock.txt /tmp/image.lock.txt
 RUN pip install --no-cache-dir --require-hashes -r /tmp/image.lock.txt
 COPY pyproject.toml README.md ./
+COPY vsepp/ vsepp/
 COPY training/ training/
 COPY index/ index/
 COPY service/ service/

@@ -35,6 +35,7 @@ COPY pyproject.toml README.md ./
 RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && python3 -m pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
+COPY vsepp/ vsepp/
 COPY training/ training/
 COPY index/ index/
 COPY service/ service/
