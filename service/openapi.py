@@ -48,6 +48,17 @@ def _k_schema(settings: Settings, what: str) -> dict[str, Any]:
     }
 
 
+def _offset_schema(settings: Settings) -> dict[str, Any]:
+    return {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": settings.max_k,
+        "default": 0,
+        "title": "Offset",
+        "description": f"Results to skip (paging); 0 to VSEPP_MAX_K ({settings.max_k}).",
+    }
+
+
 def _text_schema(settings: Settings, description: str) -> dict[str, Any]:
     return {
         "type": "string",
@@ -63,6 +74,8 @@ def _limit_properties(props: dict[str, Any], settings: Settings, what: str) -> N
     """Bound the properties of a request body (JSON object or multipart form) in place."""
     if "k" in props:
         props["k"] = _k_schema(settings, what)
+    if "offset" in props:
+        props["offset"] = _offset_schema(settings)
     if "query" in props:
         props["query"] = {"title": "Query", **_text_schema(settings, "The sentence.")}
     if "texts" in props:
@@ -98,6 +111,8 @@ def apply_limits(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
             for param in op.get("parameters", []):
                 if param["name"] == "k":
                     param["schema"] = _k_schema(settings, what)
+                elif param["name"] == "offset":
+                    param["schema"] = _offset_schema(settings)
                 elif param["name"] == "q":
                     param["schema"] = {"title": "Q", **_text_schema(settings, "The sentence.")}
             body = op.get("requestBody")

@@ -29,7 +29,7 @@ class TextSearchRequest(BaseModel):
         default=0, ge=0, description="Results to skip (paging); at most VSEPP_MAX_K."
     )
 
-    @field_validator("k", mode="before")
+    @field_validator("k", "offset", mode="before")
     @classmethod
     def _integral_number(cls, value: Any) -> Any:
         # JSON Schema's integer is any number without a fraction: 78.0 is one, "78" is not.

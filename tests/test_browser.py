@@ -226,8 +226,8 @@ def test_more_results_and_similar_images(
     # "similar" on a result: the images nearest to it, itself first.
     target = shown[3]
     driver.find_elements(By.CSS_SELECTOR, "#results figure .similar")[3].click()
-    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#results figure")
-          .get_attribute("data-image-id") == target)  # fmt: skip
+    first_id = "const f = document.querySelector('#results figure'); return f && f.dataset.imageId"
+    _wait(driver, lambda d: d.execute_script(first_id) == target)
     query = urllib.parse.parse_qs(urllib.parse.urlparse(driver.current_url).query)
     assert query == {"similar": [target], "k": ["5"]}
 

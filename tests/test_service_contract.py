@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.service_helpers import free_port
 from tests.test_service_e2e import REPO, _wait_healthy
-from tests.test_service_support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +30,7 @@ SCHEMATHESIS_CONFIG = Path(__file__).parent / "data" / "schemathesis.toml"
 # Bounded: examples per operation and a time budget for the whole run.
 MAX_EXAMPLES = 60
 MAX_SECONDS = 240
+ADMIN_TOKEN = "contract-test-token"
 
 
 @contextlib.contextmanager
@@ -68,7 +69,9 @@ def demo_dirs(demo_model_dir: Path, demo_index_dir: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def live(demo_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("contract") / "server.log"
-    with service(*demo_dirs, log, "--log-level", "warning") as (base_url, _):
+    # Admin on: schemathesis sends the token, so POST /admin/reload really reloads.
+    admin = {"VSEPP_ADMIN_TOKEN": ADMIN_TOKEN}
+    with service(*demo_dirs, log, "--log-level", "warning", **admin) as (base_url, _):
         yield base_url
 
 
@@ -84,6 +87,7 @@ def test_schemathesis_finds_no_failure_and_no_server_error(live: str, tmp_path: 
         "--max-examples", str(MAX_EXAMPLES), "--seed", "20261130",
         "--generation-database", "none", "--request-timeout", "30", "--workers", "1",
         "--report", "junit", "--report-junit-path", str(junit), "--no-color",
+        "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
     ]  # fmt: skip
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=MAX_SECONDS + 120, cwd=tmp_path
