@@ -275,7 +275,10 @@ def test_precomputed_features_train_a_model_that_serves_from_images(
                "--cnn_weights", "none", *image_flags, "--out", str(feats)]  # fmt: skip
     assert features_main(extract) == 0
     store = load_features(feats)
-    assert store.meta["feature_dim"] == 1024
+    assert store.meta["feature_dim"] == 1024 and store.meta["l2_normalized"] is True
+    # Stored as the full encoder sees them before its projection: unit rows.
+    stored = np.load(feats / store.meta["splits"]["test"]["file"])
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, rtol=1e-5)
     assert set(store.meta["splits"]) == {"train", "val", "test"}
     train = [*train_flags(demo_data_dir), "--precomp_features", str(feats), "--joint_space", "32",
              "--word_dim", "16", "--epochs", "1", "--learning_rate", "1e-3", "--no-max_violation",
@@ -405,3 +408,135 @@ def test_finetune_after_freezes_then_trains_the_backbone_in_inference_mode(
     assert any(not np.array_equal(a, b) for a, b in zip(weights1, weights2, strict=True))
     # Batch-norm statistics of a pretrained backbone never move, even while fine-tuned.
     assert stats0 and all(np.array_equal(a, b) for a, b in zip(stats0, stats2, strict=True))
+
+
+def test_precomp_model_is_the_full_model_on_normalised_features() -> None:
+    import tensorflow as tf
+
+    from training.backbones import build_backbone
+    from training.config import ModelConfig
+    from training.export import compose_precomp_encoder
+    from training.feature_store import l2_normalize_rows
+    from training.model import build_image_encoder
+
+    backbone = build_backbone("tiny", "none", 32)
+    full = build_image_encoder(
+        ModelConfig(cnn="tiny", cnn_weights="none", image_size=32, resize_size=32,
+                    joint_space=16), backbone)  # fmt: skip
+    head = build_image_encoder(ModelConfig(joint_space=16, precomp_dim=backbone.feature_dim))
+    head.get_layer("img_fc").set_weights(full.get_layer("img_fc").get_weights())
+    images = tf.constant(np.random.default_rng(0).uniform(size=(6, 32, 32, 3)), tf.float32)
+    raw = backbone.model(images, training=False).numpy()
+    # Features of very different norms: an unnormalised head would be off by that scale.
+    assert np.ptp(np.linalg.norm(raw, axis=1)) > 1e-3 * np.mean(np.linalg.norm(raw, axis=1))
+    want = full(images, training=False).numpy()
+    np.testing.assert_allclose(head(l2_normalize_rows(raw)).numpy(), want, atol=1e-5)
+    composed = compose_precomp_encoder(backbone.model, head)
+    np.testing.assert_allclose(composed(images, training=False).numpy(), want, atol=1e-5)
+    # With --no_imgnorm the scale is kept, so the agreement is not just up to a norm.
+    full_raw = build_image_encoder(ModelConfig(cnn="tiny", cnn_weights="none", image_size=32,
+                                               resize_size=32, joint_space=16, no_imgnorm=True),
+                                   backbone)  # fmt: skip
+    head_raw = build_image_encoder(ModelConfig(precomp_dim=backbone.feature_dim, joint_space=16,
+                                               no_imgnorm=True))  # fmt: skip
+    head_raw.get_layer("img_fc").set_weights(full_raw.get_layer("img_fc").get_weights())
+    np.testing.assert_allclose(head_raw(l2_normalize_rows(raw)).numpy(),
+                               full_raw(images, training=False).numpy(), atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(compose_precomp_encoder(backbone.model, head_raw)(images).numpy(),
+                               full_raw(images, training=False).numpy(), atol=1e-5)  # fmt: skip
+
+
+def test_val_images_keeps_the_first_images_and_defaults_to_1000_for_coco() -> None:
+    from training.train import first_images, is_coco, parse_args
+    from vsepp.datasets import SplitData
+
+    base = ["--images_path", "x", "--train_imgs_file_path", "train",
+            "--val_imgs_file_path", "val", "--save_model_path", "m"]  # fmt: skip
+    coco = parse_args([*base, "--texts_path", "data/coco/dataset_coco.json"])
+    assert is_coco(coco) and coco.val_images is None
+    assert not is_coco(parse_args([*base, "--texts_path", "data/Flickr8k.token.txt"]))
+    assert is_coco(parse_args([*base, "--texts_path", "c.json", "--dataset", "coco"]))
+    split = SplitData("val", [f"{i}.jpg" for i in range(7)],
+                      [Path(f"/d/{i}.jpg") for i in range(7)],
+                      [f"caption {j}" for j in range(35)])  # fmt: skip
+    three = first_images(split, 3)
+    assert three.image_ids == ["0.jpg", "1.jpg", "2.jpg"]
+    assert three.captions == [f"caption {j}" for j in range(15)]
+    assert first_images(split, 0) is split and first_images(split, 70) is split
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--texts_path", "t", "--val_images", "-1"])
+
+
+def test_train_transform_defaults_to_the_originals_for_pretrained_backbones() -> None:
+    from training.train import configs, parse_args
+
+    base = ["--images_path", "x", "--texts_path", "t", "--train_imgs_file_path", "train",
+            "--val_imgs_file_path", "val", "--save_model_path", "m"]  # fmt: skip
+    for flags, want in (
+        ([], "random_resized_crop"),
+        (["--cnn", "tiny"], "resize_crop"),
+        (["--train_transform", "resize_crop"], "resize_crop"),
+        (["--cnn", "tiny", "--train_transform", "random_resized_crop"], "random_resized_crop"),
+    ):
+        _, _, image_cfg = configs(parse_args([*base, *flags]), 10, 0)
+        assert image_cfg.train_transform == want, flags
+        assert image_cfg.hflip
+
+
+def test_l2_weight_decay_is_the_seeds_penalty_on_non_bias_weights(tmp_path: Path) -> None:
+    from training.config import ModelConfig, TrainConfig
+    from training.images import ImageConfig
+    from training.text import Vocabulary
+    from training.trainer import TrainData, Trainer
+    from vsepp.datasets import SplitData
+
+    rng = np.random.default_rng(0)
+    captions = [" ".join(rng.choice(["a", "red", "blue", "ball", "box"], 4)) for _ in range(40)]
+    split = SplitData("train", [f"{i}.jpg" for i in range(8)],
+                      [tmp_path / f"{i}.jpg" for i in range(8)], captions)  # fmt: skip
+    vocab = Vocabulary.build(captions, min_count=1)
+    feats = rng.normal(size=(8, 6)).astype(np.float32)
+    mcfg = ModelConfig(joint_space=8, word_dim=4, vocab_size=len(vocab), precomp_dim=6)
+    data = TrainData(split, split, vocab, ImageConfig(32, 32, "unit"), feats, feats)
+    tokens = [vocab.encode(c) for c in captions[:8]]
+    batch = {"feature": feats, "tokens": np.array([t + [0] * (6 - len(t)) for t in tokens])}
+
+    def trainer(**kw: object) -> Trainer:
+        tcfg = TrainConfig(batch_size=8, learning_rate=1e-2, grad_clip=0, seed=3, **kw)  # type: ignore[arg-type]
+        return Trainer(mcfg, tcfg, data, tmp_path / str(len(list(tmp_path.iterdir()))))
+
+    l2 = trainer(weight_decay=0.5, weight_decay_type="l2")
+    variables = l2.model.trainable_variables
+    weights = [v.numpy() for v in variables if v.name not in ("bias",)]
+    want = 0.5 * sum(float(np.sum(w.astype(np.float64) ** 2)) for w in weights) / 2
+    assert float(l2.l2_penalty(variables)) == pytest.approx(want, rel=1e-5)
+    assert {v.name for v in variables} >= {"bias", "kernel", "embeddings", "recurrent_kernel"}
+    assert l2.optimizer.weight_decay is None  # not Adam's decay as well
+    decoupled = trainer(weight_decay=0.5)
+    assert decoupled.optimizer.weight_decay == 0.5
+    assert float(decoupled.l2_penalty(decoupled.model.trainable_variables)) == 0.0
+    plain = trainer()
+    for t in (l2, plain):
+        t.model.image_encoder.set_weights(plain.model.image_encoder.get_weights())
+        t.model.text_encoder.set_weights(plain.model.text_encoder.get_weights())
+        # Non-zero biases, so a penalty on them would show in their step.
+        t.model.image_encoder.get_layer("img_fc").bias.assign(np.full(8, 0.3, np.float32))
+    # The reported loss is the ranking loss; the penalty only changes the step it takes.
+    assert l2.train_step(batch, 0) == pytest.approx(plain.train_step(batch, 0), rel=1e-5)
+    fc_l2 = l2.model.image_encoder.get_layer("img_fc")
+    fc_plain = plain.model.image_encoder.get_layer("img_fc")
+    assert not np.allclose(fc_l2.kernel.numpy(), fc_plain.kernel.numpy(), atol=1e-6)
+    # Biases get no penalty: their gradients are the ranking loss's alone, so Adam's first
+    # step moves them identically.
+    np.testing.assert_allclose(fc_l2.bias.numpy(), fc_plain.bias.numpy(), atol=1e-6)
+
+
+def test_help_says_which_weight_decay_is_which(capsys: pytest.CaptureFixture[str]) -> None:
+    from training.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--weight_decay_type {decoupled,l2}" in text
+    assert "decoupled: Adam's decoupled decay" in text and "l2: the seed's meaning" in text
+    assert "--train_transform {random_resized_crop,resize_crop}" in text and "--val_images" in text

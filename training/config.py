@@ -8,6 +8,10 @@ from typing import Any
 
 from vsepp.evaluation import Measure
 
+# decoupled: Adam's decoupled decay of every variable; l2: the seed's L2 penalty on the
+# non-bias weights, added to the loss.
+WEIGHT_DECAY_TYPES = ("decoupled", "l2")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -46,7 +50,8 @@ class TrainConfig:
     learning_rate: float = 2e-4  # Adam
     lr_update: int = 15  # multiply the learning rate by 0.1 every this many epochs
     grad_clip: float = 2.0  # global-norm gradient clipping (0: off)
-    weight_decay: float = 0.0  # decoupled weight decay of Adam
+    weight_decay: float = 0.0  # weight decay, of the kind weight_decay_type names
+    weight_decay_type: str = "decoupled"  # "decoupled" (AdamW) or "l2" (the seed's loss term)
     margin: float = 0.2  # hinge margin
     max_violation: bool = True  # VSE++ hardest negative (else VSE0 sum of violations)
     max_violation_after: int = 0  # epochs of sum-of-violations warm-up before max violation

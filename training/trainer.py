@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from training.config import ModelConfig, TrainConfig
+from training.config import WEIGHT_DECAY_TYPES, ModelConfig, TrainConfig
 from training.export import compose_precomp_encoder, export_model
 from training.images import ImageConfig
 from training.losses import contrastive_loss
@@ -110,7 +110,7 @@ class Trainer:
             self.model = VSEModel.build(model_cfg, data.word_vectors)
             adam = keras.optimizers.Adam(
                 learning_rate=train_cfg.learning_rate,
-                weight_decay=train_cfg.weight_decay or None,
+                weight_decay=self._decoupled_decay(),
             )
             # float16 needs loss scaling; bfloat16 has float32's range and does not.
             self.optimizer: keras.optimizers.Optimizer = (
@@ -141,6 +141,24 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
 
     # ---- the step -------------------------------------------------------------------------
+
+    def _decoupled_decay(self) -> float | None:
+        """Adam's own (decoupled) weight decay, when that is the kind asked for."""
+        wd, kind = self.tcfg.weight_decay, self.tcfg.weight_decay_type
+        if kind not in WEIGHT_DECAY_TYPES:
+            raise ValueError(f"unknown weight_decay_type {kind!r}: {WEIGHT_DECAY_TYPES}")
+        if wd < 0:
+            raise ValueError(f"--weight_decay must be >= 0, got {wd}")
+        return wd if wd and kind == "decoupled" else None
+
+    def l2_penalty(self, variables: list[tf.Variable]) -> tf.Tensor:
+        """The seed's weight decay: weight_decay * sum(w**2) / 2 over the non-bias weights
+        being trained (biases and batch-norm offsets are left alone), 0 unless asked for."""
+        if not self.tcfg.weight_decay or self.tcfg.weight_decay_type != "l2":
+            return tf.constant(0.0, tf.float32)
+        weights = [v for v in variables if _is_decayed(v)]
+        total = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in weights])
+        return self.tcfg.weight_decay * total
 
     def _optimizer_variables(self) -> list[tf.Variable]:
         """Every variable that may ever train: a pretrained backbone joins only if it may be
@@ -179,7 +197,8 @@ class Trainer:
             )
             # Every replica computes the same global loss; the gathers' gradients sum the
             # replicas' shares, so each replica differentiates loss / n.
-            objective = loss / n
+            # The penalty is the same on every replica: each adds its 1/n share.
+            objective = (loss + self.l2_penalty(variables)) / n
             if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
                 objective = self.optimizer.scale_loss(objective)
         grads = tape.gradient(objective, variables)
@@ -279,7 +298,12 @@ class Trainer:
             self.mcfg,
             self.data.image_cfg,
             extra={
-                "training": {**self.tcfg.to_dict(), "data": self.data.source, "epoch": epoch},
+                "training": {
+                    **self.tcfg.to_dict(),
+                    "image": self.data.image_cfg.to_dict(),
+                    "data": self.data.source,
+                    "epoch": epoch,
+                },
                 "metrics": {"val": metrics},
                 "history": self.history,
             },
@@ -427,6 +451,11 @@ class Trainer:
             int(self.step_in_epoch.numpy()),
             float(self.best_rsum.numpy()),
         )
+
+
+def _is_decayed(v: tf.Variable) -> bool:
+    """Whether the seed's L2 penalty applies: every weight but biases (and BN's beta)."""
+    return v.name.split("/")[-1].split(":")[0] not in ("bias", "beta")
 
 
 def _shard(batch: dict[str, tf.Tensor], ctx: tf.distribute.InputContext) -> dict[str, tf.Tensor]:
