@@ -148,6 +148,51 @@ def test_two_logical_devices_step_equals_one_device_step(mode: str) -> None:
     assert out["max_weight_diff"] < 1e-4
 
 
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_worker_processes_step_equals_the_single_process_step(tmp_path: Path) -> None:
+    script = str(ROOT / "tests" / "_multiworker_step.py")
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    workers = []
+    for i in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+        workers.append(subprocess.Popen(
+            [sys.executable, script, "worker", str(tmp_path / f"worker{i}.npz")],
+            env={**_env(), "TF_CONFIG": tf_config}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        ))  # fmt: skip
+    try:
+        logs = [w.communicate(timeout=300)[0] for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    assert all(w.returncode == 0 for w in workers), "\n".join(x[-3000:] for x in logs)
+    single = subprocess.run([sys.executable, script, "single", str(tmp_path / "single.npz")],
+                            env=_env(), capture_output=True, text=True, timeout=300,
+                            check=False)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = np.load(tmp_path / "single.npz")
+    assert int(one["replicas"]) == 1 and float(one["moved"]) > 1e-3
+    names = [k for k in one.files if k.startswith("w")]
+    for i in range(2):
+        got = np.load(tmp_path / f"worker{i}.npz")
+        assert int(got["replicas"]) == 2
+        np.testing.assert_allclose(got["losses"], one["losses"], rtol=1e-5)
+        for k in names:
+            np.testing.assert_allclose(got[k], one[k], atol=1e-5, err_msg=k)
+
+
 def test_collapse_is_detected_and_named(tmp_path: Path) -> None:
     from training.config import ModelConfig, TrainConfig
     from training.images import ImageConfig
@@ -540,3 +585,45 @@ def test_help_says_which_weight_decay_is_which(capsys: pytest.CaptureFixture[str
     assert "--weight_decay_type {decoupled,l2}" in text
     assert "decoupled: Adam's decoupled decay" in text and "l2: the seed's meaning" in text
     assert "--train_transform {random_resized_crop,resize_crop}" in text and "--val_images" in text
+
+
+def test_max_violation_after_switches_the_loss_at_that_epoch(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from training.config import ModelConfig, TrainConfig
+    from training.images import ImageConfig
+    from training.losses import contrastive_loss
+    from training.text import Vocabulary
+    from training.trainer import TrainData, Trainer
+    from vsepp.datasets import SplitData
+
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "green", "ball", "box", "big", "small", "cone"]
+    captions = [" ".join(rng.choice(words, 4)) for _ in range(100)]
+    split = SplitData("train", [f"{i}.jpg" for i in range(20)],
+                      [tmp_path / f"{i}.jpg" for i in range(20)], captions)  # fmt: skip
+    vocab = Vocabulary.build(captions, min_count=1)
+    feats = rng.normal(size=(20, 6)).astype(np.float32)
+    mcfg = ModelConfig(joint_space=8, word_dim=4, vocab_size=len(vocab), precomp_dim=6)
+    tcfg = TrainConfig(epochs=3, batch_size=10, checkpoint_every=0, max_violation_after=2)
+    data = TrainData(split, split, vocab, ImageConfig(32, 32, "unit"), feats, feats)
+    trainer = Trainer(mcfg, tcfg, data, tmp_path / "run")
+    # The step's own loss, on a fixed batch, against both losses of the same embeddings.
+    tokens = [vocab.encode(c) for c in captions[:10]]
+    width = max(map(len, tokens))
+    batch = {"feature": tf.constant(feats[:10]),
+             "tokens": tf.constant([t + [0] * (width - len(t)) for t in tokens])}  # fmt: skip
+    for epoch, want_max in ((0, False), (1, False), (2, True), (5, True)):
+        im, cap = trainer.model.embed(batch["feature"], batch["tokens"], training=True)
+        losses = {mv: float(contrastive_loss(im, cap, max_violation=mv)) for mv in (False, True)}
+        assert losses[False] > 2 * losses[True]  # the two are far apart here
+        assert trainer.train_step(batch, epoch) == pytest.approx(losses[want_max], rel=1e-5)
+    # And the loop: the loss named per epoch in the history.
+    fresh = Trainer(mcfg, tcfg, data, tmp_path / "run2")
+    fresh.export = lambda metrics, epoch: None  # type: ignore[method-assign]  # no backbone
+    fresh.fit()
+    kinds = [h["loss"] for h in fresh.history]
+    assert kinds == ["sum_violation", "sum_violation", "max_violation"]
+    # Sum of 9 negatives per query, then only the hardest: the mean loss drops several-fold.
+    means = [h["mean_loss"] for h in fresh.history]
+    assert means[2] < means[1] / 2

@@ -139,6 +139,7 @@ class Trainer:
         )
         self._steps: dict[tuple[bool, bool], Callable[..., Any]] = {}
         self.history: list[dict[str, Any]] = []
+        self._epoch_facts: dict[str, Any] = {}
 
     # ---- the step -------------------------------------------------------------------------
 
@@ -404,7 +405,13 @@ class Trainer:
             )
             self.epoch.assign(epoch + 1)
             self.step_in_epoch.assign(0)
+            self._epoch_facts = {
+                "loss": "max_violation" if max_violation else "sum_violation",
+                "mean_loss": float(np.mean(losses)) if losses else None,
+                "finetune": self._finetuning(epoch),
+            }
             best = self._validate_and_keep(epoch, int(self.global_step.numpy()), writer) or best
+            self._epoch_facts = {}
             self.manager.save(checkpoint_number=int(self.global_step.numpy()))
         writer.flush()
         return best
@@ -421,6 +428,8 @@ class Trainer:
                 "rsum": metrics["rsum"],
                 "i2t_r1": metrics["i2t"]["r1"],
                 "t2i_r1": metrics["t2i"]["r1"],
+                # What the epoch trained with (absent for mid-epoch --val_step entries).
+                **self._epoch_facts,
             }
         )
         write_json_atomic(self.model_dir / "train_state" / "history.json", self.history)
