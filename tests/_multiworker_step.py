@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -67,13 +68,11 @@ def main(role: str, out: str) -> None:
         initial = [w.copy() for w in _weights(trainer)]
         losses = [trainer.train_step(batch, epoch=1) for _ in range(2)]
         after = _weights(trainer)
-    np.savez(
-        out,
-        replicas=trainer.replicas,
-        losses=np.array(losses),
-        moved=max(float(np.max(np.abs(a - b))) for a, b in zip(initial, after, strict=True)),
-        **{f"w{i}": w for i, w in enumerate(after)},
-    )
+    arrays: dict[str, Any] = {f"w{i}": w for i, w in enumerate(after)}
+    arrays["replicas"] = trainer.replicas
+    arrays["losses"] = np.array(losses)
+    arrays["moved"] = max(float(np.max(np.abs(a - b))) for a, b in zip(initial, after, strict=True))
+    np.savez(out, **arrays)
 
 
 def _weights(trainer: Trainer) -> list[np.ndarray]:
