@@ -627,3 +627,123 @@ def test_max_violation_after_switches_the_loss_at_that_epoch(tmp_path: Path) -> 
     # Sum of 9 negatives per query, then only the hardest: the mean loss drops several-fold.
     means = [h["mean_loss"] for h in fresh.history]
     assert means[2] < means[1] / 2
+
+
+def _backbone_state(checkpoint: str, vocab_size: int) -> dict[str, np.ndarray]:
+    """The resnet50 backbone's weights in a checkpoint of the test run below, by variable path
+    (restored through the object graph into a fresh model: the checkpoint's own keys name
+    most variables through the optimizer that tracks them)."""
+    import tensorflow as tf
+
+    from training.config import ModelConfig
+    from training.model import build_image_encoder
+
+    cfg = ModelConfig(cnn="resnet50", cnn_weights="none", image_size=32, resize_size=32,
+                      joint_space=16, word_dim=16, vocab_size=vocab_size)  # fmt: skip
+    encoder = build_image_encoder(cfg)
+    tf.train.Checkpoint(image_encoder=encoder).restore(checkpoint).expect_partial()
+    return {v.path: v.numpy() for v in encoder.get_layer("resnet50").weights}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("started", ["with_finetune_after", "frozen_only"])
+def test_resume_from_the_frozen_phase_into_finetuning(tmp_path: Path, started: str) -> None:
+    import tensorflow as tf
+
+    from training.demo_data import DemoConfig, generate
+
+    data = tmp_path / "data"
+    generate(data, DemoConfig(train=100, val=10, test=10, seed=4))
+    run = tmp_path / "run"
+    # A pretrained-style backbone (frozen first) at a small size: 500 pairs, 10 steps an epoch.
+    common = [sys.executable, "-m", "training.train", *train_flags(data), "--cnn", "resnet50",
+              "--cnn_weights", "none", "--crop_size", "32", "--resize_size", "32",
+              "--joint_space", "16", "--word_dim", "16", "--batch_size", "50", "--epochs", "2",
+              "--checkpoint_every", "2", "--learning_rate", "1e-3",
+              "--save_model_path", str(run)]  # fmt: skip
+    first = [*common, "--finetune_after", "1"] if started == "with_finetune_after" else common
+    proc = subprocess.Popen(first, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        while _checkpoint_step(run) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = _checkpoint_step(run)
+    assert 2 <= killed_at < 10, killed_at  # inside the frozen first epoch
+    killed = tf.train.latest_checkpoint(str(run / "train_state"))
+    vocab_size = len(json.loads((run / "vocab.json").read_text())["tokens"])
+    before = _backbone_state(killed, vocab_size)
+
+    resumed = subprocess.run([*common, "--finetune_after", "1", "--resume"], cwd=ROOT,
+                             env=_env(), capture_output=True, text=True, timeout=600,
+                             check=False)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming epoch 0 at step {killed_at}" in resumed.stderr
+    if started == "frozen_only":
+        # Its checkpoint has no slots for the backbone: they start fresh, the rest restored.
+        assert "start fresh" in resumed.stderr, resumed.stderr[-3000:]
+    history = json.loads((run / "train_state" / "history.json").read_text())
+    assert [(h["epoch"], h["finetune"]) for h in history] == [(1, False), (2, True)]
+    assert _checkpoint_step(run) == 20  # no step run twice, none lost after the checkpoint
+    after = _backbone_state(tf.train.latest_checkpoint(str(run / "train_state")), vocab_size)
+    moved = {k for k in before if not np.array_equal(before[k], after[k])}
+    # The backbone trained in epoch 2 (its kernels moved), its batch-norm statistics did not.
+    assert any("kernel" in k for k in moved), sorted(moved)[:5]
+    assert not any("moving_" in k for k in moved), sorted(moved)[:5]
+
+
+def _gru_trainer(tmp_path: Path, gru_loop: str, **tcfg_kw: object) -> object:
+    from training.config import ModelConfig, TrainConfig
+    from training.images import ImageConfig
+    from training.text import Vocabulary
+    from training.trainer import TrainData, Trainer
+    from vsepp.datasets import SplitData
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(30)]
+    captions = [" ".join(rng.choice(words, rng.integers(1, 12))) for _ in range(80)]
+    split = SplitData("train", [f"{i}.jpg" for i in range(16)],
+                      [tmp_path / f"{i}.jpg" for i in range(16)], captions)  # fmt: skip
+    vocab = Vocabulary.build(captions, min_count=1)
+    feats = rng.normal(size=(16, 12)).astype(np.float32)
+    mcfg = ModelConfig(joint_space=24, word_dim=10, vocab_size=len(vocab), precomp_dim=12,
+                       gru_loop=gru_loop)  # fmt: skip
+    tcfg = TrainConfig(batch_size=16, learning_rate=5e-3, seed=2, **tcfg_kw)  # type: ignore[arg-type]
+    data = TrainData(split, split, vocab, ImageConfig(32, 32, "unit"), feats, feats)
+    return Trainer(mcfg, tcfg, data, tmp_path / gru_loop)
+
+
+def test_hoisted_gru_gives_the_keras_gru_losses_and_weights(tmp_path: Path) -> None:
+    from training.model import HoistedGRU
+    from training.pipeline import train_dataset
+
+    keras_gru = _gru_trainer(tmp_path, "keras")
+    hoisted = _gru_trainer(tmp_path, "hoisted")
+    assert isinstance(hoisted.model.text_encoder.get_layer("gru0"), HoistedGRU)  # type: ignore[attr-defined]
+    assert not isinstance(keras_gru.model.text_encoder.get_layer("gru0"), HoistedGRU)  # type: ignore[attr-defined]
+    for enc in ("image_encoder", "text_encoder"):
+        getattr(hoisted.model, enc).set_weights(getattr(keras_gru.model, enc).get_weights())  # type: ignore[attr-defined]
+    data = keras_gru.data  # type: ignore[attr-defined]
+    ds = train_dataset(data.train, data.vocab, data.image_cfg, 16, seed=0,
+                       features=data.train_features, drop_remainder=False,
+                       bucket_by_length=True)  # fmt: skip
+    batches = [b for _ in range(2) for b in ds]  # 10 steps; buckets give several widths
+    assert len({int(b["tokens"].shape[1]) for b in batches}) > 1
+    for b in batches:
+        want = keras_gru.train_step(b, 0)  # type: ignore[attr-defined]
+        assert hoisted.train_step(b, 0) == pytest.approx(want, rel=1e-5, abs=1e-5)  # type: ignore[attr-defined]
+    for enc in ("image_encoder", "text_encoder"):
+        for a, b in zip(getattr(keras_gru.model, enc).get_weights(),  # type: ignore[attr-defined]
+                        getattr(hoisted.model, enc).get_weights(), strict=True):  # type: ignore[attr-defined]  # fmt: skip
+            np.testing.assert_allclose(b, a, atol=2e-5)
+    # Padded and unpadded captions embed alike (the mask stops the state at the last token).
+    enc = hoisted.model.text_encoder  # type: ignore[attr-defined]
+    short = np.array([[2, 5, 6, 3]], np.int32)
+    padded = np.array([[2, 5, 6, 3, 0, 0, 0]], np.int32)
+    np.testing.assert_allclose(enc(short).numpy(), enc(padded).numpy(), atol=1e-6)

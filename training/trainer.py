@@ -108,38 +108,48 @@ class Trainer:
         set_precision(train_cfg.mixed_precision)
         with self.strategy.scope():
             self.model = VSEModel.build(model_cfg, data.word_vectors)
-            adam = keras.optimizers.Adam(
-                learning_rate=train_cfg.learning_rate,
-                weight_decay=self._decoupled_decay(),
-            )
-            # float16 needs loss scaling; bfloat16 has float32's range and does not.
-            self.optimizer: keras.optimizers.Optimizer = (
-                keras.optimizers.LossScaleOptimizer(adam)
-                if train_cfg.mixed_precision == "float16"
-                else adam
-            )
+            self.optimizer: keras.optimizers.Optimizer = self._make_optimizer()
             # Build over every variable that may ever train (the backbone joins when
             # fine-tuning starts) so checkpoints have one structure throughout.
-            self.optimizer.build(self._optimizer_variables())
+            built_over = self._optimizer_variables()
+            self.optimizer.build(built_over)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="gstep")
             self.best_rsum = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
-        self.checkpoint = tf.train.Checkpoint(
-            image_encoder=self.model.image_encoder,
-            text_encoder=self.model.text_encoder,
-            optimizer=self.optimizer,
-            epoch=self.epoch,
-            step_in_epoch=self.step_in_epoch,
-            global_step=self.global_step,
-            best_rsum=self.best_rsum,
+        # Which variables the optimizer's slots belong to, saved with every checkpoint: a run
+        # resumed with other flags (--finetune_after added) builds its slots over another set.
+        self.optimizer_variables = tf.Variable(
+            json.dumps([v.path for v in built_over]), trainable=False, name="optimizer_vars"
         )
+        self.checkpoint = self._checkpoint(self.optimizer)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, str(self.model_dir / "train_state"), max_to_keep=2
         )
         self._steps: dict[tuple[bool, bool], Callable[..., Any]] = {}
         self.history: list[dict[str, Any]] = []
         self._epoch_facts: dict[str, Any] = {}
+
+    def _make_optimizer(self) -> keras.optimizers.Optimizer:
+        adam = keras.optimizers.Adam(
+            learning_rate=self.tcfg.learning_rate, weight_decay=self._decoupled_decay()
+        )
+        # float16 needs loss scaling; bfloat16 has float32's range and does not.
+        if self.tcfg.mixed_precision == "float16":
+            return keras.optimizers.LossScaleOptimizer(adam)
+        return adam
+
+    def _checkpoint(self, optimizer: keras.optimizers.Optimizer) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(
+            image_encoder=self.model.image_encoder,
+            text_encoder=self.model.text_encoder,
+            optimizer=optimizer,
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            global_step=self.global_step,
+            best_rsum=self.best_rsum,
+            optimizer_variables=self.optimizer_variables,
+        )
 
     # ---- the step -------------------------------------------------------------------------
 
@@ -445,11 +455,56 @@ class Trainer:
             return metrics
         return None
 
+    def _restore_into_other_slots(self, latest: str, saved: list[str]) -> None:
+        """Resume a checkpoint whose optimizer was built over another set of variables.
+
+        A run started frozen and resumed with --finetune_after has slots for the backbone
+        that the checkpoint lacks (or the reverse). The checkpoint is read into an optimizer
+        built over its own set, then every slot (and the step count) is copied to this
+        run's optimizer by variable; variables the checkpoint had no slots for start fresh,
+        as they would have had they joined the optimisation at this point.
+        """
+        by_path = {v.path: v for v in self.model.variables}
+        unknown = [p for p in saved if p not in by_path]
+        if unknown:
+            raise ValueError(
+                f"{latest}: its optimizer trained variables this model lacks "
+                f"({', '.join(unknown[:3])}): was it made with other model flags?"
+            )
+        current = self.optimizer_variables.numpy()
+        with self.strategy.scope():
+            theirs = self._make_optimizer()
+            theirs.build([by_path[p] for p in saved])
+        self._checkpoint(theirs).restore(latest).assert_existing_objects_matched()
+        # This run's checkpoints record its own set from now on.
+        self.optimizer_variables.assign(current)
+        ours = {_slot_key(v): v for v in self.optimizer.variables}
+        copied = 0
+        for v in theirs.variables:
+            target = ours.get(_slot_key(v))
+            if target is not None and tuple(target.shape) == tuple(v.shape):
+                target.assign(v)
+                copied += 1
+        fresh = len(self.optimizer.variables) - copied
+        log.info(
+            "checkpoint optimizer had slots for %d variables, this run trains %d: copied %d "
+            "optimizer variables, %d start fresh",
+            len(saved),
+            len(json.loads(self.optimizer_variables.numpy().decode())),
+            copied,
+            fresh,
+        )
+
     def _restore(self) -> None:
         latest = self.manager.latest_checkpoint
         if latest is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.model_dir / 'train_state'}")
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        saved = _saved_optimizer_paths(latest)
+        current = json.loads(self.optimizer_variables.numpy().decode())
+        if saved is None or saved == current:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        else:
+            self._restore_into_other_slots(latest, saved)
         history = self.model_dir / "train_state" / "history.json"
         if history.is_file():
             self.history = json.loads(history.read_text(encoding="utf-8"))
@@ -460,6 +515,23 @@ class Trainer:
             int(self.step_in_epoch.numpy()),
             float(self.best_rsum.numpy()),
         )
+
+
+def _saved_optimizer_paths(checkpoint: str) -> list[str] | None:
+    """The variables a checkpoint's optimizer slots belong to (None: saved before this was
+    recorded, so taken to be the current run's)."""
+    reader = tf.train.load_checkpoint(checkpoint)
+    key = "optimizer_variables/.ATTRIBUTES/VARIABLE_VALUE"
+    if not reader.has_tensor(key):
+        return None
+    value = reader.get_tensor(key)
+    paths: list[str] = json.loads(value.decode() if isinstance(value, bytes) else str(value))
+    return paths
+
+
+def _slot_key(v: tf.Variable) -> str:
+    # An optimizer variable's path without the optimizer's own (uniquified) name.
+    return v.path.split("/", 1)[-1]
 
 
 def _is_decayed(v: tf.Variable) -> bool:
