@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=5)
     args = p.parse_args(argv)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANT_FLAGS]
     if unknown:

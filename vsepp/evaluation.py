@@ -200,6 +200,113 @@ def _both_ranks(
     return _i2t(images, captions, measure, max_bytes), _t2i(images, captions, measure, max_bytes)
 
 
+# Unit roundoff of float32 and float64.
+_U32 = float(np.finfo(np.float32).eps) / 2
+_U64 = float(np.finfo(np.float64).eps) / 2
+Precision = Literal["mixed", "float64"]
+PRECISIONS: tuple[str, ...] = ("mixed", "float64")
+
+
+def _gamma(n: int, u: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative error bound of an n-term dot product."""
+    return n * u / (1 - n * u)
+
+
+def _float32_bound(dim: int) -> float:
+    """c such that |float32 score - exact score| <= c * ||q|| * ||k|| for float64 inputs.
+
+    Rounding each input to float32 moves a product by at most (2u + u^2)|q_d k_d|; the float32
+    dot product of D terms in any summation order adds gamma_D(1 + u)^2 sum |q_d k_d|; the
+    float64 scores it is compared with carry gamma_D in float64. sum |q_d k_d| <= ||q|| ||k||
+    (Cauchy-Schwarz). Doubled for safety: the bound only decides what gets re-scored.
+    """
+    c = 2 * _U32 + _U32**2 + _gamma(dim, _U32) * (1 + _U32) ** 2 + 2 * _gamma(dim + 2, _U64)
+    return 2.0 * c
+
+
+def _mixed_block(
+    scores: npt.NDArray[np.float32],
+    q64: FloatArray,
+    k64: FloatArray,
+    true_index: IntArray,
+    true_score: FloatArray,
+    bound: FloatArray,
+) -> IntArray:
+    """Positions of a block of queries from their float32 score rows [R, M] (see below)."""
+    # Thresholds rounded outward to float32, so comparing float32 scores is safe.
+    hi = np.nextafter((true_score + bound).astype(np.float32), np.float32(np.inf))
+    lo = np.nextafter((true_score - bound).astype(np.float32), np.float32(-np.inf))
+    above = scores > hi[:, np.newaxis]
+    positions = np.count_nonzero(above, axis=1).astype(np.int64)
+    unsure = (scores >= lo[:, np.newaxis]) & ~above
+    rows, cols = np.nonzero(unsure)
+    rescored = np.einsum("ij,ij->i", q64[rows], k64[cols])
+    t, j = true_score[rows], true_index[rows]
+    before = (rescored > t) | ((rescored == t) & (cols > j))
+    positions += np.bincount(rows[before], minlength=scores.shape[0])
+    return positions
+
+
+def _mixed_positions(
+    q64: FloatArray,
+    k64: FloatArray,
+    true_index: IntArray,
+    true_score: FloatArray,
+    max_bytes: int,
+    scores: npt.NDArray[np.float32] | None = None,
+) -> IntArray:
+    """Positions as `_positions` of float64 scores, from float32 scores plus float64 re-scores.
+
+    Each query's score row is computed in float32 (or taken from `scores`). Keys whose
+    float32 score is above the positive's float64 score by more than the error bound are
+    certainly ranked before it; those below by more than the bound certainly after; only
+    the keys within the bound (the positive itself among them) are re-scored in float64,
+    one dot product each, and compared with the tie rule. So every position equals the
+    float64 one.
+    """
+    c = _float32_bound(q64.shape[1])
+    bound = c * np.linalg.norm(q64, axis=1) * float(np.max(np.linalg.norm(k64, axis=1)))
+    if scores is not None:
+        return _mixed_block(scores, q64, k64, true_index, true_score, bound)
+    q32, k32 = q64.astype(np.float32), k64.astype(np.float32)
+    positions = np.empty(q64.shape[0], dtype=np.int64)
+    # float32 scores plus two boolean masks a score.
+    rows_per = max(1, (max_bytes // 2) // (k64.shape[0] * 6))
+    for a, b in _chunks(q64.shape[0], rows_per):
+        positions[a:b] = _mixed_block(
+            q32[a:b] @ k32.T, q64[a:b], k64, true_index[a:b], true_score[a:b], bound[a:b]
+        )
+    return positions
+
+
+def _own_scores(queries: FloatArray, keys: FloatArray, key_index: IntArray) -> FloatArray:
+    """float64 scores of each query with its own key(s), computed as the re-scores are."""
+    return np.einsum("i...d,i...d->i...", queries, keys[key_index])
+
+
+def _both_ranks_mixed(
+    images: FloatArray, captions: FloatArray, max_bytes: int
+) -> tuple[IntArray, IntArray]:
+    """(i2t, t2i) cosine ranks: float32 scoring, float64 re-scoring of what it cannot tell."""
+    n = images.shape[0]
+    owned = np.arange(n)[:, np.newaxis] * CAPTIONS_PER_IMAGE + np.arange(CAPTIONS_PER_IMAGE)
+    own = np.einsum("id,ikd->ik", images, captions[owned])
+    # The image's best caption: highest score, the higher index on a tie (see _i2t_positions).
+    best = CAPTIONS_PER_IMAGE - 1 - np.argmax(own[:, ::-1], axis=1)
+    i2t_true = owned[np.arange(n), best]
+    owners = np.arange(captions.shape[0], dtype=np.int64) // CAPTIONS_PER_IMAGE
+    t2i_true = _own_scores(captions, images, owners)
+    scores = None
+    if n * captions.shape[0] * 6 <= max_bytes // 2:
+        # One float32 product serves both directions when it fits, as in `_both_ranks`.
+        scores = images.astype(np.float32) @ captions.astype(np.float32).T
+    i2t = _mixed_positions(images, captions, i2t_true, own[np.arange(n), best], max_bytes, scores)
+    t2i = _mixed_positions(
+        captions, images, owners, t2i_true, max_bytes, None if scores is None else scores.T
+    )
+    return i2t, t2i
+
+
 def i2t_ranks(
     images: ArrayLike,
     captions: ArrayLike,
@@ -222,6 +329,23 @@ def t2i_ranks(
     """Text->image ranks [5N]: 0-based position of caption j's image ``j // 5``."""
     ims, caps = _validate(images, captions, measure)
     return _t2i(ims, caps, measure, max_bytes)
+
+
+def both_ranks(
+    images: ArrayLike,
+    captions: ArrayLike,
+    measure: Measure = "cosine",
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    precision: Precision = "mixed",
+) -> tuple[IntArray, IntArray]:
+    """(i2t [N], t2i [5N]) ranks as `evaluate` computes them (see its `precision`)."""
+    ims, caps = _validate(images, captions, measure)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if measure == "cosine" and precision == "mixed":
+        return _both_ranks_mixed(ims, caps, max_bytes)
+    return _both_ranks(ims, caps, measure, max_bytes)
 
 
 def recall_metrics(ranks: ArrayLike) -> RecallMetrics:
@@ -272,15 +396,28 @@ def evaluate(
     measure: Measure = "cosine",
     fold5: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    precision: Precision = "mixed",
 ) -> dict[str, Any]:
     """Both directions on the whole set: ``{"i2t", "t2i", "rsum", "n_images"}``.
+
+    Cosine ranks are by default (``precision="mixed"``) scored in float32 and re-scored in
+    float64 only where float32's error bound cannot separate a key from the query's
+    positive: the ranks of the float64 scores (``precision="float64"``, the original's
+    arithmetic) at about the cost of the float32 product. Re-scores are single float64 dot
+    products, so a key whose float64 score differs from the positive's by less than
+    float64's own rounding (~1e-16) could in principle order differently from a BLAS
+    product; exact ties (duplicate vectors) give equal scores either way.
 
     With ``fold5`` (COCO's protocol; needs N divisible by 5) it adds ``"folds"``, the five
     consecutive N/5-image folds (1K each on the 5K test set) each evaluated on its own, and
     ``"mean_of_folds"``, their average; the top-level entries stay the full-set numbers.
     """
     ims, caps = _validate(images, captions, measure)
-    result = _metrics(*_both_ranks(ims, caps, measure, max_bytes))
+
+    def both(im: FloatArray, cap: FloatArray) -> tuple[IntArray, IntArray]:
+        return both_ranks(im, cap, measure, max_bytes=max_bytes, precision=precision)
+
+    result = _metrics(*both(ims, caps))
     if fold5:
         n = ims.shape[0]
         if n % NUM_FOLDS:
@@ -288,14 +425,7 @@ def evaluate(
         size = n // NUM_FOLDS
         cap_size = size * CAPTIONS_PER_IMAGE
         folds = [
-            _metrics(
-                *_both_ranks(
-                    ims[k * size : (k + 1) * size],
-                    caps[k * cap_size : (k + 1) * cap_size],
-                    measure,
-                    max_bytes,
-                )
-            )
+            _metrics(*both(ims[k * size : (k + 1) * size], caps[k * cap_size : (k + 1) * cap_size]))
             for k in range(NUM_FOLDS)
         ]
         result["folds"] = folds
