@@ -224,87 +224,68 @@ def _float32_bound(dim: int) -> float:
     return 2.0 * c
 
 
-def _mixed_block(
-    scores: npt.NDArray[np.float32],
-    q64: FloatArray,
-    k64: FloatArray,
-    true_index: IntArray,
-    true_score: FloatArray,
-    bound: FloatArray,
-) -> IntArray:
-    """Positions of a block of queries from their float32 score rows [R, M] (see below)."""
-    # Thresholds rounded outward to float32, so comparing float32 scores is safe.
+def _outward(true_score: FloatArray, bound: FloatArray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 thresholds (lo, hi) just outside true_score -/+ bound: a float32 score above
+    hi is certainly above the float64 true score, one below lo certainly below."""
     hi = np.nextafter((true_score + bound).astype(np.float32), np.float32(np.inf))
     lo = np.nextafter((true_score - bound).astype(np.float32), np.float32(-np.inf))
-    above = scores > hi[:, np.newaxis]
-    positions = np.count_nonzero(above, axis=1).astype(np.int64)
-    unsure = (scores >= lo[:, np.newaxis]) & ~above
-    rows, cols = np.nonzero(unsure)
-    rescored = np.einsum("ij,ij->i", q64[rows], k64[cols])
-    t, j = true_score[rows], true_index[rows]
-    before = (rescored > t) | ((rescored == t) & (cols > j))
-    positions += np.bincount(rows[before], minlength=scores.shape[0])
-    return positions
-
-
-def _mixed_positions(
-    q64: FloatArray,
-    k64: FloatArray,
-    true_index: IntArray,
-    true_score: FloatArray,
-    max_bytes: int,
-    scores: npt.NDArray[np.float32] | None = None,
-) -> IntArray:
-    """Positions as `_positions` of float64 scores, from float32 scores plus float64 re-scores.
-
-    Each query's score row is computed in float32 (or taken from `scores`). Keys whose
-    float32 score is above the positive's float64 score by more than the error bound are
-    certainly ranked before it; those below by more than the bound certainly after; only
-    the keys within the bound (the positive itself among them) are re-scored in float64,
-    one dot product each, and compared with the tie rule. So every position equals the
-    float64 one.
-    """
-    c = _float32_bound(q64.shape[1])
-    bound = c * np.linalg.norm(q64, axis=1) * float(np.max(np.linalg.norm(k64, axis=1)))
-    if scores is not None:
-        return _mixed_block(scores, q64, k64, true_index, true_score, bound)
-    q32, k32 = q64.astype(np.float32), k64.astype(np.float32)
-    positions = np.empty(q64.shape[0], dtype=np.int64)
-    # float32 scores plus two boolean masks a score.
-    rows_per = max(1, (max_bytes // 2) // (k64.shape[0] * 6))
-    for a, b in _chunks(q64.shape[0], rows_per):
-        positions[a:b] = _mixed_block(
-            q32[a:b] @ k32.T, q64[a:b], k64, true_index[a:b], true_score[a:b], bound[a:b]
-        )
-    return positions
-
-
-def _own_scores(queries: FloatArray, keys: FloatArray, key_index: IntArray) -> FloatArray:
-    """float64 scores of each query with its own key(s), computed as the re-scores are."""
-    return np.einsum("i...d,i...d->i...", queries, keys[key_index])
+    return lo, hi
 
 
 def _both_ranks_mixed(
     images: FloatArray, captions: FloatArray, max_bytes: int
 ) -> tuple[IntArray, IntArray]:
-    """(i2t, t2i) cosine ranks: float32 scoring, float64 re-scoring of what it cannot tell."""
-    n = images.shape[0]
+    """(i2t, t2i) cosine ranks: float32 scoring, float64 re-scoring of what it cannot tell.
+
+    One float32 product, in chunks of image rows, serves both directions: a row holds every
+    caption of one image (its i2t position is complete within the chunk), and a column's
+    t2i counts add up over the chunks. For each query, keys whose float32 score is above
+    the positive's float64 score by more than float32's error bound count as ranked before
+    it, keys below by more than the bound as after; only the keys within the bound (the
+    positive among them) are re-scored in float64, one dot product each, and compared with
+    the tie rule. So every position equals the float64 one.
+    """
+    n, n_caps = images.shape[0], captions.shape[0]
     owned = np.arange(n)[:, np.newaxis] * CAPTIONS_PER_IMAGE + np.arange(CAPTIONS_PER_IMAGE)
     own = np.einsum("id,ikd->ik", images, captions[owned])
     # The image's best caption: highest score, the higher index on a tie (see _i2t_positions).
     best = CAPTIONS_PER_IMAGE - 1 - np.argmax(own[:, ::-1], axis=1)
-    i2t_true = owned[np.arange(n), best]
-    owners = np.arange(captions.shape[0], dtype=np.int64) // CAPTIONS_PER_IMAGE
-    t2i_true = _own_scores(captions, images, owners)
-    scores = None
-    if n * captions.shape[0] * 6 <= max_bytes // 2:
-        # One float32 product serves both directions when it fits, as in `_both_ranks`.
-        scores = images.astype(np.float32) @ captions.astype(np.float32).T
-    i2t = _mixed_positions(images, captions, i2t_true, own[np.arange(n), best], max_bytes, scores)
-    t2i = _mixed_positions(
-        captions, images, owners, t2i_true, max_bytes, None if scores is None else scores.T
-    )
+    i2t_true, i2t_score = owned[np.arange(n), best], own[np.arange(n), best]
+    owners = np.arange(n_caps, dtype=np.int64) // CAPTIONS_PER_IMAGE
+    t2i_score = _own_scores(captions, images, owners)
+
+    c = _float32_bound(images.shape[1])
+    im_norm, cap_norm = np.linalg.norm(images, axis=1), np.linalg.norm(captions, axis=1)
+    i2t_lo, i2t_hi = _outward(i2t_score, c * im_norm * float(np.max(cap_norm)))
+    t2i_lo, t2i_hi = _outward(t2i_score, c * cap_norm * float(np.max(im_norm)))
+    im32, cap32 = images.astype(np.float32), captions.astype(np.float32)
+
+    i2t = np.empty(n, dtype=np.int64)
+    t2i = np.zeros(n_caps, dtype=np.int64)
+    # float32 scores plus four boolean masks a score.
+    rows_per = max(1, (max_bytes // 2) // (n_caps * 8))
+    for a, b in _chunks(n, rows_per):
+        scores = im32[a:b] @ cap32.T
+        # Image to text, along the rows.
+        above = scores > i2t_hi[a:b, np.newaxis]
+        i2t[a:b] = np.count_nonzero(above, axis=1)
+        rows, cols = np.nonzero((scores >= i2t_lo[a:b, np.newaxis]) & ~above)
+        exact = np.einsum("ij,ij->i", images[a + rows], captions[cols])
+        t, j = i2t_score[a + rows], i2t_true[a + rows]
+        i2t[a:b] += np.bincount(rows[(exact > t) | ((exact == t) & (cols > j))], minlength=b - a)
+        # Text to image, down the columns: this chunk's images against each caption's own.
+        above = scores > t2i_hi[np.newaxis, :]
+        t2i += np.count_nonzero(above, axis=0)
+        rows, cols = np.nonzero((scores >= t2i_lo[np.newaxis, :]) & ~above)
+        exact = np.einsum("ij,ij->i", captions[cols], images[a + rows])
+        t, j = t2i_score[cols], owners[cols]
+        t2i += np.bincount(cols[(exact > t) | ((exact == t) & (a + rows > j))], minlength=n_caps)
     return i2t, t2i
+
+
+def _own_scores(queries: FloatArray, keys: FloatArray, key_index: IntArray) -> FloatArray:
+    """float64 scores of each query with its own key(s), computed as the re-scores are."""
+    return np.einsum("i...d,i...d->i...", queries, keys[key_index])
 
 
 def i2t_ranks(
