@@ -6,6 +6,12 @@
 Prints a markdown table: wall time of ``vsepp.evaluation.evaluate`` (both directions and
 the metrics) and of a transcription of fartashf/vsepp's ``i2t``/``t2i`` loops on the same
 seeded embeddings, their ratio, whether the ranks agree, and the vectorised peak memory.
+
+A second table (``--precision_only`` prints it alone) times, in the same run, the default
+mixed-precision evaluation (float32 scores, float64 re-scores of what float32 cannot
+separate) against the float64 path (``precision="float64"``) and the bare score products
+``images @ captions.T`` in float32 and float64, and checks the mixed ranks equal the
+float64 ones.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 from vsepp.evaluation import (
     CAPTIONS_PER_IMAGE,
     DEFAULT_MAX_BYTES,
+    both_ranks,
     evaluate,
     i2t_ranks,
     t2i_ranks,
@@ -107,6 +114,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="skip the naive loop for sets with more images than this",
     )
     parser.add_argument(
+        "--precision_only", action="store_true", help="only the mixed-precision table"
+    )
+    parser.add_argument(
         "--max_bytes",
         type=int,
         default=DEFAULT_MAX_BYTES,
@@ -125,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"float64 scores, chunk budget {args.max_bytes / 2**20:.0f} MB"
     )
     print()
+    if args.precision_only:
+        precision_table(sizes, args)
+        return 0
     print(
         "| protocol | images / captions | vectorised (s) | naive loop (s) | speed-up "
         "| ranks identical | vectorised peak MB |"
@@ -165,7 +178,46 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"| 5K fold5 (5 x 1K + full) | {n} / {CAPTIONS_PER_IMAGE * n} "
             f"| {best_time(folds, 1):.3f} | | | | |"
         )
+    print()
+    precision_table(sizes, args)
     return 0
+
+
+def precision_table(sizes: list[tuple[str, int]], args: argparse.Namespace) -> None:
+    """Mixed precision against the float64 path and the bare products, same run."""
+    print(
+        "| set | mixed (s) | float64 path (s) | float32 product (s) | float64 product (s) "
+        "| mixed / float32 product | float64 path / mixed | ranks identical |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for label, n in sizes:
+        images, captions = make_embeddings(n, args.dim)
+        ims64, caps64 = images.astype(np.float64), captions.astype(np.float64)
+
+        def mixed(ims: np.ndarray = images, caps: np.ndarray = captions) -> object:
+            return both_ranks(ims, caps, max_bytes=args.max_bytes)
+
+        def exact(ims: np.ndarray = images, caps: np.ndarray = captions) -> object:
+            return both_ranks(ims, caps, max_bytes=args.max_bytes, precision="float64")
+
+        def product32(ims: np.ndarray = images, caps: np.ndarray = captions) -> object:
+            return ims @ caps.T
+
+        def product64(ims: np.ndarray = ims64, caps: np.ndarray = caps64) -> object:
+            return ims @ caps.T
+
+        times = {}
+        for _ in range(args.repeat):  # interleaved, so load changes fall on all four
+            for name, fn in (("mixed", mixed), ("exact", exact), ("p32", product32),
+                             ("p64", product64)):  # fmt: skip
+                times[name] = min(times.get(name, float("inf")), best_time(fn, 1))
+        got, want = both_ranks(images, captions), exact()
+        same = all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))  # type: ignore[call-overload]
+        print(
+            f"| {label} | {times['mixed']:.3f} | {times['exact']:.3f} | {times['p32']:.3f} "
+            f"| {times['p64']:.3f} | {times['mixed'] / times['p32']:.2f}x "
+            f"| {times['exact'] / times['mixed']:.2f}x | {'yes' if same else 'NO'} |"
+        )
 
 
 if __name__ == "__main__":

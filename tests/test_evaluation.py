@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vsepp.evaluation import (
+    DEFAULT_MAX_BYTES,
     evaluate,
     format_metrics,
     i2t_ranks,
@@ -322,3 +323,64 @@ def test_format_metrics_layout() -> None:
     assert single.splitlines()[0] == "Split (10 images, 50 captions)"
     assert "Text to image" in single
     assert not math.isnan(metrics["rsum"])
+
+
+# --- float32 scoring with float64 re-scoring ------------------------------------------------
+
+
+def near_tie_pairs(n: int, d: int, seed: int, eps: float) -> tuple[np.ndarray, ...]:
+    """Unit float64 embeddings whose scores differ by about eps**2, far below float32's
+    resolution (~1e-7) and above float64's (~1e-15): float32 alone ranks them by noise.
+
+    Every vector is one of three base directions nudged by `eps` and renormalised (which
+    leaves a score change of second order, eps**2), so each query sees hundreds of keys
+    within float32's error of its positive; a few are exact copies (float64 ties).
+    """
+    rng = np.random.default_rng(seed)
+    base = _normalise(rng.standard_normal((3, d)))
+    images = _normalise(base[rng.integers(0, 3, n)] + eps * rng.standard_normal((n, d)))
+    captions = base[rng.integers(0, 3, 5 * n)] + eps * rng.standard_normal((5 * n, d))
+    captions = _normalise(captions)
+    captions[9::7] = captions[3]  # exact duplicates: float64 ties
+    images[2::5] = images[1]
+    return images, captions
+
+
+MIXED_CASES = [
+    *CASES,
+    pytest.param(random_pairs(300, 64, 11), id="n300"),
+    pytest.param(tuple(x.astype(np.float64) for x in random_pairs(200, 48, 12)), id="f64-n200"),
+    pytest.param(near_tie_pairs(150, 32, 13, 1e-4), id="near-ties-1e-8"),
+    pytest.param(near_tie_pairs(120, 64, 14, 1e-5), id="near-ties-1e-10"),
+    pytest.param(near_tie_pairs(90, 16, 15, 3e-6), id="near-ties-1e-11"),
+]
+
+
+@pytest.mark.parametrize("data", MIXED_CASES)
+def test_mixed_precision_ranks_equal_the_float64_ranks(data: tuple[np.ndarray, ...]) -> None:
+    from vsepp.evaluation import both_ranks
+
+    images, captions = data
+    want = both_ranks(images, captions, precision="float64")
+    for max_bytes in (DEFAULT_MAX_BYTES, 4096):  # one chunk, and many
+        got = both_ranks(images, captions, precision="mixed", max_bytes=max_bytes)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_near_ties_defeat_float32_alone() -> None:
+    """The adversarial case is real: bare float32 scores give other ranks than float64."""
+    from vsepp.evaluation import both_ranks
+
+    images, captions = near_tie_pairs(150, 32, 13, 1e-4)
+    want = both_ranks(images, captions, precision="float64")
+    f32 = both_ranks(images.astype(np.float32), captions.astype(np.float32), precision="float64")
+    assert not np.array_equal(f32[1], want[1])
+    got = both_ranks(images, captions)
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_unknown_precision_is_an_error() -> None:
+    images, captions = random_pairs(2, 4, 0)
+    with pytest.raises(ValueError, match="precision"):
+        evaluate(images, captions, precision="float16")  # type: ignore[arg-type]

@@ -379,3 +379,117 @@ def test_caption_eval_order_is_fixed(split: SplitData, vocab: Vocabulary) -> Non
     for j, (ids, pad) in enumerate(rows):
         assert ids == vocab.encode(split.captions[j])
         assert (pad == PAD).all()
+
+
+# --- the original's RandomResizedCrop -------------------------------------------------------
+
+
+def _torchvision_fallback(height: int, width: int) -> tuple[int, int, int, int]:
+    """torchvision RandomResizedCrop.get_params' central-crop fallback, transcribed."""
+    in_ratio = width / height
+    if in_ratio < 3 / 4:
+        w, h = width, round(width / (3 / 4))
+    elif in_ratio > 4 / 3:
+        h, w = height, round(height * (4 / 3))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _torchvision_means(height: int, width: int, n: int = 20000) -> tuple[float, float]:
+    """Mean area fraction and aspect ratio of torchvision's get_params boxes (transcribed)."""
+    rng = np.random.default_rng(0)
+    fracs, ratios = [], []
+    for _ in range(n):
+        for _attempt in range(10):
+            area = height * width * rng.uniform(0.08, 1.0)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            w, h = round(np.sqrt(area * ratio)), round(np.sqrt(area / ratio))
+            if 0 < w <= width and 0 < h <= height:
+                break
+        else:
+            _, _, h, w = _torchvision_fallback(height, width)
+        fracs.append(h * w / (height * width))
+        ratios.append(w / h)
+    return float(np.mean(fracs)), float(np.mean(ratios))
+
+
+def _box(height: int, width: int, seed: tuple[int, int]) -> tuple[int, int, int, int]:
+    from training.images import random_resized_crop_box
+
+    out = random_resized_crop_box(tf.constant(height), tf.constant(width), tf.constant(seed))
+    top, left, h, w = (int(t) for t in out)
+    return top, left, h, w
+
+
+def test_random_resized_crop_boxes_follow_torchvision() -> None:
+    fracs, ratios, tops = [], [], set()
+    for s in range(300):
+        top, left, h, w = _box(120, 160, (s, 7))
+        assert 0 <= top <= 120 - h and 0 <= left <= 160 - w
+        fracs.append(h * w / (120 * 160))
+        ratios.append(w / h)
+        tops.add(top)
+    # Area fractions uniform over [0.08, 1] and ratios log-uniform over [3/4, 4/3] (rounding
+    # to whole pixels moves them by a pixel's worth), so both ends are reached.
+    assert 0.07 < min(fracs) < 0.15 and max(fracs) > 0.9
+    assert min(ratios) < 0.8 and max(ratios) > 1.25
+    assert all(0.72 < r < 1.39 for r in ratios)
+    # Boxes too big for the image are redrawn, so the accepted areas lean small: compare
+    # with torchvision's loop transcribed over numpy's generator.
+    want_frac, want_ratio = _torchvision_means(120, 160)
+    assert np.mean(fracs) == pytest.approx(want_frac, abs=0.05)
+    assert np.mean(ratios) == pytest.approx(want_ratio, abs=0.03)
+    assert len(tops) > 30  # the corner moves too
+    assert _box(120, 160, (3, 4)) == _box(120, 160, (3, 4))  # stateless: the seed decides
+
+
+@pytest.mark.parametrize(("h", "w"), [(4, 400), (400, 4)])
+def test_random_resized_crop_falls_back_as_torchvision(h: int, w: int) -> None:
+    # So thin that no box of ratio in [3/4, 4/3] fits: the centred, ratio-clamped box.
+    for s in range(20):
+        assert _box(h, w, (s, 1)) == _torchvision_fallback(h, w)
+
+
+def test_random_resized_crop_view_is_the_resized_box_and_flips() -> None:
+    from training.images import random_resized_crop_box, random_resized_crop_flip
+
+    image = tf.constant(np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8))
+    seed = tf.constant([5, 9], tf.int64)
+    view = random_resized_crop_flip(image, 16, seed, flip=False)
+    assert view.shape == (16, 16, 3) and view.dtype == tf.float32
+    # The box comes from the first of the split seeds, as the function documents.
+    box_seed = tf.random.experimental.stateless_split(seed, num=2)[0]
+    top, left, h, w = (int(t) for t in random_resized_crop_box(40, 60, box_seed))
+    want = tf.image.resize(image[top : top + h, left : left + w], [16, 16], antialias=True)
+    np.testing.assert_allclose(view.numpy(), want.numpy(), atol=1e-4)
+    flips = {
+        bool(
+            np.allclose(
+                random_resized_crop_flip(image, 16, tf.constant([k, 9]), True),
+                random_resized_crop_flip(image, 16, tf.constant([k, 9]), False),
+            )
+        )
+        for k in range(16)
+    }
+    assert flips == {True, False}  # flipped about half the time, never otherwise changed
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_train_pipeline_with_random_resized_crop(
+    split: SplitData, vocab: Vocabulary, cache: bool
+) -> None:
+    cfg = ImageConfig(8, 10, "unit", train_transform="random_resized_crop")
+    ds = train_dataset(split, vocab, cfg, 6, seed=3, cache=cache)
+    batches = _epoch(ds)
+    assert len(batches) == 5 and batches[0]["image"].shape == (6, 8, 8, 3)
+    # Solid-colour images: any box of image i is its colour, so rows still match their image.
+    for b in batches:
+        for image, i in zip(b["image"], b["image_index"], strict=True):
+            np.testing.assert_allclose(image, np.broadcast_to(np.array(_colour(i)) / 255.0,
+                                                              image.shape), atol=0.02)  # fmt: skip
+
+
+def test_unknown_train_transform_is_an_error() -> None:
+    with pytest.raises(ValueError, match="train_transform"):
+        ImageConfig(8, 10, "unit", train_transform="mixup")

@@ -8,6 +8,10 @@ from typing import Any
 
 from vsepp.evaluation import Measure
 
+# decoupled: Adam's decoupled decay of every variable; l2: the seed's L2 penalty on the
+# non-bias weights, added to the loss.
+WEIGHT_DECAY_TYPES = ("decoupled", "l2")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -27,6 +31,7 @@ class ModelConfig:
     use_abs: bool = False  # absolute value of the embeddings (order embeddings)
     finetune: bool = False  # train the backbone too
     precomp_dim: int = 0  # > 0: the image side reads precomputed features of this size
+    gru_loop: str = "hoisted"  # "hoisted" (input projection out of the loop) or "keras"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -46,7 +51,8 @@ class TrainConfig:
     learning_rate: float = 2e-4  # Adam
     lr_update: int = 15  # multiply the learning rate by 0.1 every this many epochs
     grad_clip: float = 2.0  # global-norm gradient clipping (0: off)
-    weight_decay: float = 0.0  # decoupled weight decay of Adam
+    weight_decay: float = 0.0  # weight decay, of the kind weight_decay_type names
+    weight_decay_type: str = "decoupled"  # "decoupled" (AdamW) or "l2" (the seed's loss term)
     margin: float = 0.2  # hinge margin
     max_violation: bool = True  # VSE++ hardest negative (else VSE0 sum of violations)
     max_violation_after: int = 0  # epochs of sum-of-violations warm-up before max violation

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from training.config import ModelConfig
 from training.images import ImageConfig, eval_image_transform, eval_images_from_bytes
+from training.model import L2Normalize
 from training.text import END, START, UNK, Vocabulary, tf_tokenize
 from vsepp.atomic import atomic_directory, write_json_atomic
 from vsepp.model_dir import MODEL_FORMAT, hash_tree
@@ -78,8 +79,10 @@ class TextEncoderModule(tf.Module):
 
 
 def compose_precomp_encoder(backbone: keras.Model, head: keras.Model) -> keras.Model:
-    """Full image encoder for a projection trained on precomputed features: CNN -> head."""
-    return keras.Model(backbone.input, head(backbone.output), name="image_encoder")
+    """Full image encoder for a projection trained on precomputed features: CNN, the L2 norm
+    the stored features had (training.feature_store), head."""
+    feats = L2Normalize(name="cnn_norm")(backbone.output)
+    return keras.Model(backbone.input, head(feats), name="image_encoder")
 
 
 def export_model(

@@ -4,6 +4,12 @@
 them) and writes FEATURES_DIR/{split}.npy, meta.json and the backbone's weights, so the
 exported image encoder recomputes exactly these features at serving time; `load_features`
 reads it for training. The program is `python -m training.features`.
+
+The stored features are L2-normalised per row, as the full image encoder normalises the CNN
+output before its projection (fartashf/vsepp `EncoderImageFull`): a head trained on them is
+the same model as its full counterpart, and the exported encoder (backbone, L2 norm, head)
+computes exactly head(stored feature). Stores written before this rule (no
+"l2_normalized" in meta.json) are normalised when read.
 """
 
 from __future__ import annotations
@@ -71,9 +77,13 @@ class FeatureStore:
             name: np.load(self.root / info["file"], mmap_mode="r")
             for name, info in self.meta["splits"].items()
         }
-        return np.stack([arrays[n][i] for n, i in (rows[x] for x in split.image_ids)]).astype(
+        feats = np.stack([arrays[n][i] for n, i in (rows[x] for x in split.image_ids)]).astype(
             np.float32
         )
+        if not self.meta.get("l2_normalized", False):
+            log.info("%s: features stored raw (older store), L2-normalising them", self.root)
+            feats = l2_normalize_rows(feats)
+        return feats
 
     def backbone(self) -> keras.Model:
         """The backbone that produced the features, with the very same weights."""
@@ -93,17 +103,24 @@ def load_features(path: str | os.PathLike[str]) -> FeatureStore:
     return FeatureStore(root, meta)
 
 
+def l2_normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, as tf.math.l2_normalize (the same 1e-12 floor)."""
+    x = np.asarray(x, dtype=np.float32)
+    squared = np.maximum(np.sum(np.square(x), axis=1, keepdims=True), np.float32(1e-12))
+    return (x / np.sqrt(squared)).astype(np.float32)
+
+
 def extract(
     backbone: keras.Model, split: SplitData, cfg: ImageConfig, batch_size: int
 ) -> np.ndarray:
-    """Backbone features [N, F] of a split's images, in order."""
+    """L2-normalised backbone features [N, F] of a split's images, in order."""
     fn = tf.function(lambda x: backbone(x, training=False), reduce_retracing=True)
     out = []
     ds = image_eval_dataset(split, cfg, batch_size)
     total = -(-len(split.image_ids) // batch_size)
     for batch in tqdm(ds, total=total, desc=f"features {split.name}", unit="batch", disable=None):
         out.append(np.asarray(fn(batch["image"]), dtype=np.float32))
-    return np.concatenate(out)
+    return l2_normalize_rows(np.concatenate(out))
 
 
 def write_features(
@@ -124,6 +141,7 @@ def write_features(
             "image_size": cfg.image_size,
             "resize_size": cfg.resize_size,
             "preprocess": cfg.preprocess,
+            "l2_normalized": True,
             "splits": {},
         }
         for name, split in splits.items():

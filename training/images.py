@@ -18,6 +18,13 @@ import tensorflow as tf
 from vsepp.images import read_image_file
 
 PREPROCESS_MODES = ("caffe", "torch", "tf", "none", "unit")
+# How a training view is cut: the original's RandomResizedCrop (fartashf/vsepp data.py) or
+# the seed's resize-shorter-side-then-random-crop.
+TRAIN_TRANSFORMS = ("random_resized_crop", "resize_crop")
+# torchvision.transforms.RandomResizedCrop's defaults, which the original uses.
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+RRC_ATTEMPTS = 10
 
 # ImageNet statistics as keras.applications uses them: per-channel means in BGR order for the
 # Caffe-trained weights, RGB mean/std on the [0, 1] scale for the PyTorch-style ones.
@@ -34,8 +41,14 @@ class ImageConfig:
     resize_size: int = 256  # the shorter side is resized to this before cropping
     preprocess: str = "caffe"  # backbone normalisation rule, one of PREPROCESS_MODES
     hflip: bool = True  # random horizontal flips in training (off when captions say left/right)
+    train_transform: str = "resize_crop"  # one of TRAIN_TRANSFORMS (evaluation never changes)
 
     def __post_init__(self) -> None:
+        if self.train_transform not in TRAIN_TRANSFORMS:
+            raise ValueError(
+                f"ImageConfig.train_transform must be one of {TRAIN_TRANSFORMS}, "
+                f"got {self.train_transform!r}"
+            )
         if self.preprocess not in PREPROCESS_MODES:
             raise ValueError(
                 f"ImageConfig.preprocess must be one of {PREPROCESS_MODES}, got {self.preprocess!r}"
@@ -58,6 +71,7 @@ class ImageConfig:
             int(d["resize_size"]),
             str(d["preprocess"]),
             bool(d.get("hflip", True)),
+            str(d.get("train_transform", "resize_crop")),
         )
 
 
@@ -130,6 +144,69 @@ def random_crop_flip(image: tf.Tensor, size: int, seed: tf.Tensor, flip: bool = 
     return tf.image.stateless_random_flip_left_right(crop, seed=seeds[1])
 
 
+def random_resized_crop_box(
+    height: tf.Tensor, width: tf.Tensor, seed: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """torchvision's `RandomResizedCrop.get_params` as stateless graph ops: (top, left, h, w).
+
+    Up to 10 draws of an area fraction in [0.08, 1] and a log-uniform aspect ratio in
+    [3/4, 4/3]; the first draw whose box fits the image wins (all 10 are drawn at once, so
+    the loop becomes a vector op), else the centred box of the whole image with its ratio
+    clamped to that range. The box's corner is then uniform over the places it fits.
+    """
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
+    h_f, w_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
+    area = h_f * w_f
+    frac = tf.random.stateless_uniform(
+        [RRC_ATTEMPTS], seeds[0], RRC_SCALE[0], RRC_SCALE[1], tf.float64
+    )
+    log_r = tf.random.stateless_uniform(
+        [RRC_ATTEMPTS], seeds[1], np.log(RRC_RATIO[0]), np.log(RRC_RATIO[1]), tf.float64
+    )
+    ratio = tf.exp(log_r)
+    # Python's round() halves to even, as torchvision's int(round(...)) does.
+    ws = tf.cast(tf.round(tf.sqrt(area * frac * ratio)), tf.int32)
+    hs = tf.cast(tf.round(tf.sqrt(area * frac / ratio)), tf.int32)
+    fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    # Fallback: the whole image, its aspect ratio clamped to the range, centred.
+    in_ratio = w_f / h_f
+    fb_w = tf.where(in_ratio > RRC_RATIO[1], tf.cast(tf.round(h_f * RRC_RATIO[1]), tf.int32), width)
+    fb_h = tf.where(
+        in_ratio < RRC_RATIO[0], tf.cast(tf.round(w_f / RRC_RATIO[0]), tf.int32), height
+    )
+    found = tf.reduce_any(fits)
+    h = tf.where(found, hs[first], fb_h)
+    w = tf.where(found, ws[first], fb_w)
+    # torchvision's randint(0, H - h + 1) is uniform over 0..H-h inclusive.
+    corner = tf.random.stateless_uniform(
+        [2], seeds[2], minval=0, maxval=tf.int32.max, dtype=tf.int32
+    )
+    top = tf.where(found, corner[0] % (height - h + 1), (height - h) // 2)
+    left = tf.where(found, corner[1] % (width - w + 1), (width - w) // 2)
+    return top, left, h, w
+
+
+def random_resized_crop_flip(
+    image: tf.Tensor, size: int, seed: tf.Tensor, flip: bool = True
+) -> tf.Tensor:
+    """The original's training view: `RandomResizedCrop(size)` then (if `flip`) a random
+    horizontal flip, of one uint8 image [H, W, 3]; float32 [size, size, 3] on the 0..255 scale.
+
+    Stateless like `random_crop_flip`. The box is resized bilinearly (antialiased when it
+    shrinks, as PIL does) to `size` x `size`.
+    """
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2)
+    shape = tf.shape(image)
+    top, left, h, w = random_resized_crop_box(shape[0], shape[1], seeds[0])
+    box = image[top : top + h, left : left + w, :]
+    out = tf.image.resize(box, [size, size], method="bilinear", antialias=True)
+    out.set_shape([size, size, 3])
+    if not flip:
+        return out
+    return tf.image.stateless_random_flip_left_right(out, seed=seeds[1])
+
+
 def normalize(image: tf.Tensor, preprocess: str) -> tf.Tensor:
     """Pixels 0..255 (any dtype) -> float32 in the backbone's expected input range.
 
@@ -151,9 +228,24 @@ def normalize(image: tf.Tensor, preprocess: str) -> tf.Tensor:
     raise ValueError(f"unknown preprocess {preprocess!r}; expected one of {PREPROCESS_MODES}")
 
 
-def train_image_transform(resized: tf.Tensor, cfg: ImageConfig, seed: tf.Tensor) -> tf.Tensor:
-    """Training view of an image already resized by `resize_shorter`: float32 [S, S, 3]."""
-    return normalize(random_crop_flip(resized, cfg.image_size, seed, cfg.hflip), cfg.preprocess)
+def train_needs_resize(cfg: ImageConfig) -> bool:
+    """Whether the training view is cut from the `resize_shorter` image (the seed's scheme)
+    rather than from the decoded image itself (RandomResizedCrop, as the original)."""
+    return cfg.train_transform == "resize_crop"
+
+
+def train_image_transform(image: tf.Tensor, cfg: ImageConfig, seed: tf.Tensor) -> tf.Tensor:
+    """Training view of one uint8 image [H, W, 3]: float32 [S, S, 3].
+
+    `resize_crop` expects the image already resized by `resize_shorter` and takes a random
+    S x S window; `random_resized_crop` takes any image (the decoded file, or a cached
+    resized one) and resizes a random box of it to S x S. Both flip unless `cfg.hflip` is off.
+    """
+    if cfg.train_transform == "random_resized_crop":
+        view = random_resized_crop_flip(image, cfg.image_size, seed, cfg.hflip)
+    else:
+        view = random_crop_flip(image, cfg.image_size, seed, cfg.hflip)
+    return normalize(view, cfg.preprocess)
 
 
 def eval_image_transform(image: tf.Tensor, cfg: ImageConfig) -> tf.Tensor:

@@ -35,6 +35,62 @@ class Abs(keras.layers.Layer):
         return tf.abs(x)
 
 
+GRU_LOOPS = ("hoisted", "keras")
+
+
+@keras.saving.register_keras_serializable(package="vsepp")
+class HoistedGRU(keras.layers.GRU):
+    """keras.layers.GRU with its input projection hoisted out of the time loop.
+
+    The same weights, variables and maths as the Keras GRU (reset_after=True; a caption's
+    state stops at its last token), but x_t @ W for every step is one [B*T, D] x [D, 3U]
+    matmul before the loop, which then holds the recurrent matmul alone: the loop's one
+    matmul a step is [B, U] x [U, 3U] instead of two. tf.foldl over the time-major steps,
+    masked steps keep their state, so any caption width traces once. Layers that return
+    sequences or run backwards (stacked and bidirectional GRUs) take Keras' own loop.
+    """
+
+    def inner_loop(
+        self,
+        sequences: tf.Tensor,
+        initial_state: list[tf.Tensor],
+        mask: tf.Tensor | None,
+        training: bool = False,
+    ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+        cell = self.cell
+        if (
+            not cell.reset_after
+            or not cell.use_bias
+            or self.return_sequences
+            or self.go_backwards
+            or cell.dropout
+            or cell.recurrent_dropout
+        ):
+            return super().inner_loop(sequences, initial_state, mask, training)
+        dtype = sequences.dtype
+        recurrent = tf.cast(cell.recurrent_kernel, dtype)
+        bias = tf.cast(cell.bias, dtype)
+        if mask is None:
+            mask = tf.ones(tf.shape(sequences)[:2], tf.bool)
+        h0 = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
+        # Time-major input projections of every step at once (input bias included).
+        xw = tf.einsum("btd,dg->tbg", sequences, tf.cast(cell.kernel, dtype)) + bias[0]
+        keep = tf.transpose(tf.cast(mask, tf.bool))[:, :, tf.newaxis]  # [T, B, 1]
+
+        def step(h: tf.Tensor, inputs: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+            x_t, keep_t = inputs
+            x_z, x_r, x_h = tf.split(x_t, 3, axis=-1)
+            inner = tf.matmul(h, recurrent) + bias[1]
+            r_z, r_r, r_h = tf.split(inner, 3, axis=-1)
+            z = tf.sigmoid(x_z + r_z)
+            r = tf.sigmoid(x_r + r_r)
+            new = z * h + (1 - z) * tf.tanh(x_h + r * r_h)
+            return tf.where(keep_t, new, h)
+
+        h = tf.foldl(step, (xw, keep), initializer=tf.cast(h0, dtype))
+        return h, h, [h]
+
+
 def _head(x: keras.KerasTensor, cfg: ModelConfig, name: str) -> keras.KerasTensor:
     """Linear projection to the joint space, then the paper's norm/abs options."""
     in_dim = int(x.shape[-1])
@@ -76,6 +132,8 @@ def build_text_encoder(cfg: ModelConfig, word_vectors: np.ndarray | None = None)
     """Token ids [B,T] (0 = padding) -> joint embedding [B,D] from the last valid GRU state."""
     if cfg.vocab_size <= 4:
         raise ValueError("ModelConfig.vocab_size must be set from the vocabulary")
+    if cfg.gru_loop not in GRU_LOOPS:
+        raise ValueError(f"ModelConfig.gru_loop must be one of {GRU_LOOPS}, got {cfg.gru_loop!r}")
     tokens = keras.Input((None,), dtype="int32", name="tokens")
     x = keras.layers.Embedding(
         cfg.vocab_size,
@@ -86,7 +144,8 @@ def build_text_encoder(cfg: ModelConfig, word_vectors: np.ndarray | None = None)
     )(tokens)
     for i in range(cfg.num_layers):
         last = i == cfg.num_layers - 1
-        gru = keras.layers.GRU(cfg.joint_space, return_sequences=not last, name=f"gru{i}")
+        gru_class = HoistedGRU if cfg.gru_loop == "hoisted" else keras.layers.GRU
+        gru = gru_class(cfg.joint_space, return_sequences=not last, name=f"gru{i}")
         if cfg.bidirectional:
             x = keras.layers.Bidirectional(
                 gru, merge_mode="ave" if last else "concat", name=f"bigru{i}"
@@ -118,6 +177,11 @@ class VSEModel:
     @property
     def trainable_variables(self) -> list[tf.Variable]:
         return [*self.image_encoder.trainable_variables, *self.text_encoder.trainable_variables]
+
+    @property
+    def variables(self) -> list[tf.Variable]:
+        """Every weight of both encoders, trainable or not."""
+        return [*self.image_encoder.weights, *self.text_encoder.weights]
 
     def set_backbone_trainable(self, trainable: bool) -> None:
         """Switch fine-tuning of a pretrained backbone on or off (the paper's second stage).

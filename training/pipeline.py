@@ -32,6 +32,7 @@ from training.images import (
     read_canonical,
     resize_shorter,
     train_image_transform,
+    train_needs_resize,
 )
 from training.text import PAD, Vocabulary
 from vsepp.datasets import SplitData
@@ -300,7 +301,9 @@ def _image_pairs(
 
     def load(row: tf.Tensor, r: tf.Tensor) -> dict[str, tf.Tensor]:
         i = row // per_image
-        image = resize_shorter(decode_image(read_canonical(paths[i])), cfg.resize_size)
+        image = decode_image(read_canonical(paths[i]))
+        if train_needs_resize(cfg):
+            image = resize_shorter(image, cfg.resize_size)
         return {
             "image": train_image_transform(image, cfg, tf.stack([r, row])),
             **caps.lookup(row),
@@ -320,6 +323,10 @@ def _cached_image_pairs(
     batch_size: int,
 ) -> tf.data.Dataset:
     """As `_image_pairs`, but images are decoded and resized once and kept in memory.
+
+    RandomResizedCrop then cuts its box from the resized image (shorter side
+    `cfg.resize_size`) rather than the file's full resolution: the same boxes relative to
+    the image, at most slightly softer when a small box is enlarged.
 
     The shuffle then has to hold images rather than row numbers: fine for the small datasets
     caching is meant for, and the pairs of one image share its buffer.

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from training.backbones import BACKBONES, preprocess_for
 from training.cli import add_data_args, add_model_args
-from training.config import ModelConfig, TrainConfig
+from training.config import WEIGHT_DECAY_TYPES, ModelConfig, TrainConfig
 from training.feature_store import load_features
-from training.images import ImageConfig
+from training.images import TRAIN_TRANSFORMS, ImageConfig
 from training.model import load_word_vectors
 from training.text import Vocabulary
 from training.trainer import TrainData, Trainer
 from vsepp.cli import add_model_dir, program, setup_logging
+from vsepp.datasets import SplitData
 from vsepp.datasets.args import load_split_from_args
 from vsepp.evaluation import format_metrics
 
 log = logging.getLogger(__name__)
+
+# The original validates COCO on the first 1,000 val images (5,000 captions).
+COCO_VAL_IMAGES = 1000
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -91,7 +96,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="grad_clip",
         help="clip gradients to this global norm (0: off)",
     )
-    g.add_argument("--weight_decay", type=float, default=0.0, help="Adam's decoupled decay")
+    g.add_argument(
+        "--weight_decay",
+        type=float,
+        default=0.0,
+        help="weight decay; what it means is --weight_decay_type's choice",
+    )
+    g.add_argument(
+        "--weight_decay_type",
+        choices=WEIGHT_DECAY_TYPES,
+        default="decoupled",
+        help="decoupled: Adam's decoupled decay (AdamW) of every variable, w -= lr * wd * w "
+        "each step; l2: the seed's meaning, wd * sum(w**2) / 2 over the non-bias weights "
+        "added to the loss (the original fartashf/vsepp uses no decay)",
+    )
     g.add_argument("--margin", type=float, default=0.2, help="hinge margin of the loss")
     g.add_argument(
         "--max_violation",
@@ -106,6 +124,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="epochs of sum-of-violations warm-up before max violation",
     )
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--train_transform",
+        choices=TRAIN_TRANSFORMS,
+        default=None,
+        help="training view: random_resized_crop (the original's RandomResizedCrop(crop_size) "
+        "of the whole image) or resize_crop (the seed's: shorter side to --resize_size, random "
+        "crop); default random_resized_crop for pretrained backbones, resize_crop for the "
+        "tiny CNN; both flip unless --no_hflip; evaluation always resizes and centre-crops",
+    )
+    g.add_argument(
+        "--val_images",
+        type=int,
+        default=None,
+        help="validate on the first N images of the validation split (0: all); default "
+        f"{COCO_VAL_IMAGES} for COCO, as the original, all for other datasets",
+    )
     g = p.add_argument_group("bookkeeping and scale")
     g.add_argument("--val_step", type=int, default=0, help="also validate every N steps")
     g.add_argument(
@@ -135,7 +169,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.cnn not in BACKBONES:
         p.error(f"--cnn must be one of {', '.join(BACKBONES)}")
+    if args.val_images is not None and args.val_images < 0:
+        p.error(f"--val_images must be >= 0, got {args.val_images}")
     return args
+
+
+def default_train_transform(cnn: str) -> str:
+    """The original's RandomResizedCrop for pretrained backbones; the tiny CNN trained from
+    scratch on the demo's small images keeps the seed's crop (its images are the crop size)."""
+    return "resize_crop" if cnn == "tiny" else "random_resized_crop"
+
+
+def is_coco(args: argparse.Namespace) -> bool:
+    """COCO named by --dataset, or its Karpathy file (dataset_coco.json) read as auto."""
+    if args.dataset == "coco":
+        return True
+    named = Path(args.texts_path).name == "dataset_coco.json"
+    return args.dataset in ("auto", "karpathy") and named
+
+
+def first_images(split: SplitData, n: int) -> SplitData:
+    """The first `n` images of `split` and their captions (all of it if n is 0 or larger)."""
+    if n == 0 or n >= len(split.image_ids):
+        return split
+    k = split.captions_per_image
+    return dataclasses.replace(
+        split,
+        image_ids=split.image_ids[:n],
+        image_paths=split.image_paths[:n],
+        captions=split.captions[: k * n],
+    )
 
 
 def configs(
@@ -165,6 +228,7 @@ def configs(
         lr_update=args.lr_update,
         grad_clip=args.grad_clip,
         weight_decay=args.weight_decay,
+        weight_decay_type=args.weight_decay_type,
         margin=args.margin,
         max_violation=args.max_violation,
         max_violation_after=args.max_violation_after,
@@ -185,6 +249,7 @@ def configs(
         resize_size=args.resize_size,
         preprocess=preprocess_for(args.cnn),
         hflip=not args.no_hflip,
+        train_transform=args.train_transform or default_train_transform(args.cnn),
     )
     return model_cfg, train_cfg, image_cfg
 
@@ -195,6 +260,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     train = load_split_from_args(args, args.train_imgs_file_path, fold_restval=args.fold_restval)
     val = load_split_from_args(args, args.val_imgs_file_path)
+    val_images = args.val_images
+    if val_images is None:
+        val_images = COCO_VAL_IMAGES if is_coco(args) else 0
+    if val_images:
+        full = len(val.image_ids)
+        val = first_images(val, val_images)
+        log.info("validating on the first %d of %d validation images", len(val.image_ids), full)
     vocab_path = Path(args.model_dir) / "vocab.json"
     if args.resume and vocab_path.is_file():
         vocab = Vocabulary.load(vocab_path)  # the ids the checkpoint was trained with

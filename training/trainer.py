@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from training.config import ModelConfig, TrainConfig
+from training.config import WEIGHT_DECAY_TYPES, ModelConfig, TrainConfig
 from training.export import compose_precomp_encoder, export_model
 from training.images import ImageConfig
 from training.losses import contrastive_loss
@@ -108,39 +108,68 @@ class Trainer:
         set_precision(train_cfg.mixed_precision)
         with self.strategy.scope():
             self.model = VSEModel.build(model_cfg, data.word_vectors)
-            adam = keras.optimizers.Adam(
-                learning_rate=train_cfg.learning_rate,
-                weight_decay=train_cfg.weight_decay or None,
-            )
-            # float16 needs loss scaling; bfloat16 has float32's range and does not.
-            self.optimizer: keras.optimizers.Optimizer = (
-                keras.optimizers.LossScaleOptimizer(adam)
-                if train_cfg.mixed_precision == "float16"
-                else adam
-            )
+            self.optimizer: keras.optimizers.Optimizer = self._make_optimizer()
             # Build over every variable that may ever train (the backbone joins when
             # fine-tuning starts) so checkpoints have one structure throughout.
-            self.optimizer.build(self._optimizer_variables())
+            built_over = self._optimizer_variables()
+            self.optimizer.build(built_over)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
             self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="gstep")
             self.best_rsum = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
-        self.checkpoint = tf.train.Checkpoint(
-            image_encoder=self.model.image_encoder,
-            text_encoder=self.model.text_encoder,
-            optimizer=self.optimizer,
-            epoch=self.epoch,
-            step_in_epoch=self.step_in_epoch,
-            global_step=self.global_step,
-            best_rsum=self.best_rsum,
+        # Which variables the optimizer's slots belong to, saved with every checkpoint: a run
+        # resumed with other flags (--finetune_after added) builds its slots over another set.
+        self.optimizer_variables = tf.Variable(
+            json.dumps([v.path for v in built_over]), trainable=False, name="optimizer_vars"
         )
+        self.checkpoint = self._checkpoint(self.optimizer)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, str(self.model_dir / "train_state"), max_to_keep=2
         )
         self._steps: dict[tuple[bool, bool], Callable[..., Any]] = {}
         self.history: list[dict[str, Any]] = []
+        self._epoch_facts: dict[str, Any] = {}
+
+    def _make_optimizer(self) -> keras.optimizers.Optimizer:
+        adam = keras.optimizers.Adam(
+            learning_rate=self.tcfg.learning_rate, weight_decay=self._decoupled_decay()
+        )
+        # float16 needs loss scaling; bfloat16 has float32's range and does not.
+        if self.tcfg.mixed_precision == "float16":
+            return keras.optimizers.LossScaleOptimizer(adam)
+        return adam
+
+    def _checkpoint(self, optimizer: keras.optimizers.Optimizer) -> tf.train.Checkpoint:
+        return tf.train.Checkpoint(
+            image_encoder=self.model.image_encoder,
+            text_encoder=self.model.text_encoder,
+            optimizer=optimizer,
+            epoch=self.epoch,
+            step_in_epoch=self.step_in_epoch,
+            global_step=self.global_step,
+            best_rsum=self.best_rsum,
+            optimizer_variables=self.optimizer_variables,
+        )
 
     # ---- the step -------------------------------------------------------------------------
+
+    def _decoupled_decay(self) -> float | None:
+        """Adam's own (decoupled) weight decay, when that is the kind asked for."""
+        wd, kind = self.tcfg.weight_decay, self.tcfg.weight_decay_type
+        if kind not in WEIGHT_DECAY_TYPES:
+            raise ValueError(f"unknown weight_decay_type {kind!r}: {WEIGHT_DECAY_TYPES}")
+        if wd < 0:
+            raise ValueError(f"--weight_decay must be >= 0, got {wd}")
+        return wd if wd and kind == "decoupled" else None
+
+    def l2_penalty(self, variables: list[tf.Variable]) -> tf.Tensor:
+        """The seed's weight decay: weight_decay * sum(w**2) / 2 over the non-bias weights
+        being trained (biases and batch-norm offsets are left alone), 0 unless asked for."""
+        if not self.tcfg.weight_decay or self.tcfg.weight_decay_type != "l2":
+            return tf.constant(0.0, tf.float32)
+        weights = [v for v in variables if _is_decayed(v)]
+        total = tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in weights])
+        return self.tcfg.weight_decay * total
 
     def _optimizer_variables(self) -> list[tf.Variable]:
         """Every variable that may ever train: a pretrained backbone joins only if it may be
@@ -179,7 +208,8 @@ class Trainer:
             )
             # Every replica computes the same global loss; the gathers' gradients sum the
             # replicas' shares, so each replica differentiates loss / n.
-            objective = loss / n
+            # The penalty is the same on every replica: each adds its 1/n share.
+            objective = (loss + self.l2_penalty(variables)) / n
             if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
                 objective = self.optimizer.scale_loss(objective)
         grads = tape.gradient(objective, variables)
@@ -279,7 +309,12 @@ class Trainer:
             self.mcfg,
             self.data.image_cfg,
             extra={
-                "training": {**self.tcfg.to_dict(), "data": self.data.source, "epoch": epoch},
+                "training": {
+                    **self.tcfg.to_dict(),
+                    "image": self.data.image_cfg.to_dict(),
+                    "data": self.data.source,
+                    "epoch": epoch,
+                },
                 "metrics": {"val": metrics},
                 "history": self.history,
             },
@@ -380,7 +415,13 @@ class Trainer:
             )
             self.epoch.assign(epoch + 1)
             self.step_in_epoch.assign(0)
+            self._epoch_facts = {
+                "loss": "max_violation" if max_violation else "sum_violation",
+                "mean_loss": float(np.mean(losses)) if losses else None,
+                "finetune": self._finetuning(epoch),
+            }
             best = self._validate_and_keep(epoch, int(self.global_step.numpy()), writer) or best
+            self._epoch_facts = {}
             self.manager.save(checkpoint_number=int(self.global_step.numpy()))
         writer.flush()
         return best
@@ -397,6 +438,8 @@ class Trainer:
                 "rsum": metrics["rsum"],
                 "i2t_r1": metrics["i2t"]["r1"],
                 "t2i_r1": metrics["t2i"]["r1"],
+                # What the epoch trained with (absent for mid-epoch --val_step entries).
+                **self._epoch_facts,
             }
         )
         write_json_atomic(self.model_dir / "train_state" / "history.json", self.history)
@@ -412,11 +455,56 @@ class Trainer:
             return metrics
         return None
 
+    def _restore_into_other_slots(self, latest: str, saved: list[str]) -> None:
+        """Resume a checkpoint whose optimizer was built over another set of variables.
+
+        A run started frozen and resumed with --finetune_after has slots for the backbone
+        that the checkpoint lacks (or the reverse). The checkpoint is read into an optimizer
+        built over its own set, then every slot (and the step count) is copied to this
+        run's optimizer by variable; variables the checkpoint had no slots for start fresh,
+        as they would have had they joined the optimisation at this point.
+        """
+        by_path = {v.path: v for v in self.model.variables}
+        unknown = [p for p in saved if p not in by_path]
+        if unknown:
+            raise ValueError(
+                f"{latest}: its optimizer trained variables this model lacks "
+                f"({', '.join(unknown[:3])}): was it made with other model flags?"
+            )
+        current = self.optimizer_variables.numpy()
+        with self.strategy.scope():
+            theirs = self._make_optimizer()
+            theirs.build([by_path[p] for p in saved])
+        self._checkpoint(theirs).restore(latest).assert_existing_objects_matched()
+        # This run's checkpoints record its own set from now on.
+        self.optimizer_variables.assign(current)
+        ours = {_slot_key(v): v for v in self.optimizer.variables}
+        copied = 0
+        for v in theirs.variables:
+            target = ours.get(_slot_key(v))
+            if target is not None and tuple(target.shape) == tuple(v.shape):
+                target.assign(v)
+                copied += 1
+        fresh = len(self.optimizer.variables) - copied
+        log.info(
+            "checkpoint optimizer had slots for %d variables, this run trains %d: copied %d "
+            "optimizer variables, %d start fresh",
+            len(saved),
+            len(json.loads(self.optimizer_variables.numpy().decode())),
+            copied,
+            fresh,
+        )
+
     def _restore(self) -> None:
         latest = self.manager.latest_checkpoint
         if latest is None:
             raise FileNotFoundError(f"--resume: no checkpoint in {self.model_dir / 'train_state'}")
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
+        saved = _saved_optimizer_paths(latest)
+        current = json.loads(self.optimizer_variables.numpy().decode())
+        if saved is None or saved == current:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        else:
+            self._restore_into_other_slots(latest, saved)
         history = self.model_dir / "train_state" / "history.json"
         if history.is_file():
             self.history = json.loads(history.read_text(encoding="utf-8"))
@@ -427,6 +515,28 @@ class Trainer:
             int(self.step_in_epoch.numpy()),
             float(self.best_rsum.numpy()),
         )
+
+
+def _saved_optimizer_paths(checkpoint: str) -> list[str] | None:
+    """The variables a checkpoint's optimizer slots belong to (None: saved before this was
+    recorded, so taken to be the current run's)."""
+    reader = tf.train.load_checkpoint(checkpoint)
+    key = "optimizer_variables/.ATTRIBUTES/VARIABLE_VALUE"
+    if not reader.has_tensor(key):
+        return None
+    value = reader.get_tensor(key)
+    paths: list[str] = json.loads(value.decode() if isinstance(value, bytes) else str(value))
+    return paths
+
+
+def _slot_key(v: tf.Variable) -> str:
+    # An optimizer variable's path without the optimizer's own (uniquified) name.
+    return v.path.split("/", 1)[-1]
+
+
+def _is_decayed(v: tf.Variable) -> bool:
+    """Whether the seed's L2 penalty applies: every weight but biases (and BN's beta)."""
+    return v.name.split("/")[-1].split(":")[0] not in ("bias", "beta")
 
 
 def _shard(batch: dict[str, tf.Tensor], ctx: tf.distribute.InputContext) -> dict[str, tf.Tensor]:

@@ -200,6 +200,94 @@ def _both_ranks(
     return _i2t(images, captions, measure, max_bytes), _t2i(images, captions, measure, max_bytes)
 
 
+# Unit roundoff of float32 and float64.
+_U32 = float(np.finfo(np.float32).eps) / 2
+_U64 = float(np.finfo(np.float64).eps) / 2
+Precision = Literal["mixed", "float64"]
+PRECISIONS: tuple[str, ...] = ("mixed", "float64")
+
+
+def _gamma(n: int, u: float) -> float:
+    """Higham's gamma_n = n u / (1 - n u): the relative error bound of an n-term dot product."""
+    return n * u / (1 - n * u)
+
+
+def _float32_bound(dim: int) -> float:
+    """c such that |float32 score - exact score| <= c * ||q|| * ||k|| for float64 inputs.
+
+    Rounding each input to float32 moves a product by at most (2u + u^2)|q_d k_d|; the float32
+    dot product of D terms in any summation order adds gamma_D(1 + u)^2 sum |q_d k_d|; the
+    float64 scores it is compared with carry gamma_D in float64. sum |q_d k_d| <= ||q|| ||k||
+    (Cauchy-Schwarz). Doubled for safety: the bound only decides what gets re-scored.
+    """
+    c = 2 * _U32 + _U32**2 + _gamma(dim, _U32) * (1 + _U32) ** 2 + 2 * _gamma(dim + 2, _U64)
+    return 2.0 * c
+
+
+def _outward(true_score: FloatArray, bound: FloatArray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 thresholds (lo, hi) just outside true_score -/+ bound: a float32 score above
+    hi is certainly above the float64 true score, one below lo certainly below."""
+    hi = np.nextafter((true_score + bound).astype(np.float32), np.float32(np.inf))
+    lo = np.nextafter((true_score - bound).astype(np.float32), np.float32(-np.inf))
+    return lo, hi
+
+
+def _both_ranks_mixed(
+    images: FloatArray, captions: FloatArray, max_bytes: int
+) -> tuple[IntArray, IntArray]:
+    """(i2t, t2i) cosine ranks: float32 scoring, float64 re-scoring of what it cannot tell.
+
+    One float32 product, in chunks of image rows, serves both directions: a row holds every
+    caption of one image (its i2t position is complete within the chunk), and a column's
+    t2i counts add up over the chunks. For each query, keys whose float32 score is above
+    the positive's float64 score by more than float32's error bound count as ranked before
+    it, keys below by more than the bound as after; only the keys within the bound (the
+    positive among them) are re-scored in float64, one dot product each, and compared with
+    the tie rule. So every position equals the float64 one.
+    """
+    n, n_caps = images.shape[0], captions.shape[0]
+    owned = np.arange(n)[:, np.newaxis] * CAPTIONS_PER_IMAGE + np.arange(CAPTIONS_PER_IMAGE)
+    own = np.einsum("id,ikd->ik", images, captions[owned])
+    # The image's best caption: highest score, the higher index on a tie (see _i2t_positions).
+    best = CAPTIONS_PER_IMAGE - 1 - np.argmax(own[:, ::-1], axis=1)
+    i2t_true, i2t_score = owned[np.arange(n), best], own[np.arange(n), best]
+    owners = np.arange(n_caps, dtype=np.int64) // CAPTIONS_PER_IMAGE
+    t2i_score = _own_scores(captions, images, owners)
+
+    c = _float32_bound(images.shape[1])
+    im_norm, cap_norm = np.linalg.norm(images, axis=1), np.linalg.norm(captions, axis=1)
+    i2t_lo, i2t_hi = _outward(i2t_score, c * im_norm * float(np.max(cap_norm)))
+    t2i_lo, t2i_hi = _outward(t2i_score, c * cap_norm * float(np.max(im_norm)))
+    im32, cap32 = images.astype(np.float32), captions.astype(np.float32)
+
+    i2t = np.empty(n, dtype=np.int64)
+    t2i = np.zeros(n_caps, dtype=np.int64)
+    # float32 scores plus four boolean masks a score.
+    rows_per = max(1, (max_bytes // 2) // (n_caps * 8))
+    for a, b in _chunks(n, rows_per):
+        scores = im32[a:b] @ cap32.T
+        # Image to text, along the rows.
+        above = scores > i2t_hi[a:b, np.newaxis]
+        i2t[a:b] = np.count_nonzero(above, axis=1)
+        rows, cols = np.nonzero((scores >= i2t_lo[a:b, np.newaxis]) & ~above)
+        exact = np.einsum("ij,ij->i", images[a + rows], captions[cols])
+        t, j = i2t_score[a + rows], i2t_true[a + rows]
+        i2t[a:b] += np.bincount(rows[(exact > t) | ((exact == t) & (cols > j))], minlength=b - a)
+        # Text to image, down the columns: this chunk's images against each caption's own.
+        above = scores > t2i_hi[np.newaxis, :]
+        t2i += np.count_nonzero(above, axis=0)
+        rows, cols = np.nonzero((scores >= t2i_lo[np.newaxis, :]) & ~above)
+        exact = np.einsum("ij,ij->i", captions[cols], images[a + rows])
+        t, j = t2i_score[cols], owners[cols]
+        t2i += np.bincount(cols[(exact > t) | ((exact == t) & (a + rows > j))], minlength=n_caps)
+    return i2t, t2i
+
+
+def _own_scores(queries: FloatArray, keys: FloatArray, key_index: IntArray) -> FloatArray:
+    """float64 scores of each query with its own key(s), computed as the re-scores are."""
+    return np.einsum("i...d,i...d->i...", queries, keys[key_index])
+
+
 def i2t_ranks(
     images: ArrayLike,
     captions: ArrayLike,
@@ -222,6 +310,23 @@ def t2i_ranks(
     """Text->image ranks [5N]: 0-based position of caption j's image ``j // 5``."""
     ims, caps = _validate(images, captions, measure)
     return _t2i(ims, caps, measure, max_bytes)
+
+
+def both_ranks(
+    images: ArrayLike,
+    captions: ArrayLike,
+    measure: Measure = "cosine",
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    precision: Precision = "mixed",
+) -> tuple[IntArray, IntArray]:
+    """(i2t [N], t2i [5N]) ranks as `evaluate` computes them (see its `precision`)."""
+    ims, caps = _validate(images, captions, measure)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if measure == "cosine" and precision == "mixed":
+        return _both_ranks_mixed(ims, caps, max_bytes)
+    return _both_ranks(ims, caps, measure, max_bytes)
 
 
 def recall_metrics(ranks: ArrayLike) -> RecallMetrics:
@@ -272,15 +377,28 @@ def evaluate(
     measure: Measure = "cosine",
     fold5: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    precision: Precision = "mixed",
 ) -> dict[str, Any]:
     """Both directions on the whole set: ``{"i2t", "t2i", "rsum", "n_images"}``.
+
+    Cosine ranks are by default (``precision="mixed"``) scored in float32 and re-scored in
+    float64 only where float32's error bound cannot separate a key from the query's
+    positive: the ranks of the float64 scores (``precision="float64"``, the original's
+    arithmetic) at about the cost of the float32 product. Re-scores are single float64 dot
+    products, so a key whose float64 score differs from the positive's by less than
+    float64's own rounding (~1e-16) could in principle order differently from a BLAS
+    product; exact ties (duplicate vectors) give equal scores either way.
 
     With ``fold5`` (COCO's protocol; needs N divisible by 5) it adds ``"folds"``, the five
     consecutive N/5-image folds (1K each on the 5K test set) each evaluated on its own, and
     ``"mean_of_folds"``, their average; the top-level entries stay the full-set numbers.
     """
     ims, caps = _validate(images, captions, measure)
-    result = _metrics(*_both_ranks(ims, caps, measure, max_bytes))
+
+    def both(im: FloatArray, cap: FloatArray) -> tuple[IntArray, IntArray]:
+        return both_ranks(im, cap, measure, max_bytes=max_bytes, precision=precision)
+
+    result = _metrics(*both(ims, caps))
     if fold5:
         n = ims.shape[0]
         if n % NUM_FOLDS:
@@ -288,14 +406,7 @@ def evaluate(
         size = n // NUM_FOLDS
         cap_size = size * CAPTIONS_PER_IMAGE
         folds = [
-            _metrics(
-                *_both_ranks(
-                    ims[k * size : (k + 1) * size],
-                    caps[k * cap_size : (k + 1) * cap_size],
-                    measure,
-                    max_bytes,
-                )
-            )
+            _metrics(*both(ims[k * size : (k + 1) * size], caps[k * cap_size : (k + 1) * cap_size]))
             for k in range(NUM_FOLDS)
         ]
         result["folds"] = folds
