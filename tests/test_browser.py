@@ -126,6 +126,7 @@ def test_a_sentence_shows_image_results(
 
     figures = _search(driver, base_url, backend.known_query, "5")
     assert len(figures) == 5
+    assert not driver.find_element(By.ID, "no-captions").is_displayed()  # it has captions
     _wait(driver, lambda d: _images_loaded(d, "#results img"))
     first = figures[0]
     image = first.find_element(By.TAG_NAME, "img")
