@@ -65,13 +65,13 @@ BASE_VARIANTS = (
     "bf16+xla",
     "bf16+bucket",
     "bf16+xla+bucket",
-    "keras",
-    "keras+bf16",
+    "hoisted",
+    "hoisted+bf16",
 )
 EXPERIMENTAL_VARIANTS = ("exp:hoisted", "exp:packed", "exp:packed+bf16", "exp:hoisted+bf16+bucket")
-# keras: Keras' own GRU loop (ModelConfig.gru_loop="keras") instead of the trainer's default,
-# the GRU with its input projection hoisted out of the time loop (training.model.HoistedGRU).
-OPTIONS = frozenset({"xla", "bucket", "bf16", "keras"})
+# hoisted: the GRU with its input projection hoisted out of the time loop
+# (training.model.HoistedGRU, --gru_loop hoisted); "keras" names Keras' own loop, the default.
+OPTIONS = frozenset({"xla", "bucket", "bf16", "keras", "hoisted"})
 EXPERIMENTAL_OPTIONS = frozenset({"hoisted", "unrolled", "packed"})  # experimental_gru_class
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 TORCH = "PyTorch original (fartashf/vsepp)"
@@ -465,7 +465,7 @@ class OursRunner:
             word_dim=sizes.word_dim,
             num_layers=1,
             vocab_size=sizes.vocab_size,
-            gru_loop="keras" if "keras" in parts else "hoisted",
+            gru_loop="hoisted" if "hoisted" in parts else "keras",
         )
         tcfg = TrainConfig(
             batch_size=sizes.batch_size,

@@ -31,7 +31,7 @@ class ModelConfig:
     use_abs: bool = False  # absolute value of the embeddings (order embeddings)
     finetune: bool = False  # train the backbone too
     precomp_dim: int = 0  # > 0: the image side reads precomputed features of this size
-    gru_loop: str = "hoisted"  # "hoisted" (input projection out of the loop) or "keras"
+    gru_loop: str = "keras"  # "keras" (Keras' GRU loop) or "hoisted" (training.model.HoistedGRU)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

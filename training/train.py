@@ -13,7 +13,7 @@ from training.cli import add_data_args, add_model_args
 from training.config import WEIGHT_DECAY_TYPES, ModelConfig, TrainConfig
 from training.feature_store import load_features
 from training.images import TRAIN_TRANSFORMS, ImageConfig
-from training.model import load_word_vectors
+from training.model import GRU_LOOPS, load_word_vectors
 from training.text import Vocabulary
 from training.trainer import TrainData, Trainer
 from vsepp.cli import add_model_dir, program, setup_logging
@@ -161,6 +161,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     g.add_argument("--mixed_precision", choices=("off", "bfloat16", "float16"), default="off")
     g.add_argument("--jit_compile", action="store_true", help="XLA-compile the training step")
     g.add_argument(
+        "--gru_loop",
+        choices=GRU_LOOPS,
+        default="keras",
+        help="GRU time loop: keras (Keras' own) or hoisted (input projection out of the loop; "
+        "same weights and losses, see benchmarks/README.md for when it is faster)",
+    )
+    g.add_argument(
         "--collapse_patience",
         type=int,
         default=200,
@@ -220,6 +227,7 @@ def configs(
         use_abs=args.use_abs,
         finetune=args.finetune,
         precomp_dim=precomp_dim,
+        gru_loop=args.gru_loop,
     )
     train_cfg = TrainConfig(
         epochs=args.epochs,

@@ -203,8 +203,8 @@ def _both_ranks(
 # Unit roundoff of float32 and float64.
 _U32 = float(np.finfo(np.float32).eps) / 2
 _U64 = float(np.finfo(np.float64).eps) / 2
-Precision = Literal["mixed", "float64"]
-PRECISIONS: tuple[str, ...] = ("mixed", "float64")
+Precision = Literal["auto", "mixed", "float64"]
+PRECISIONS: tuple[str, ...] = ("auto", "mixed", "float64")
 
 
 def _gamma(n: int, u: float) -> float:
@@ -318,12 +318,17 @@ def both_ranks(
     measure: Measure = "cosine",
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    precision: Precision = "mixed",
+    precision: Precision = "auto",
 ) -> tuple[IntArray, IntArray]:
     """(i2t [N], t2i [5N]) ranks as `evaluate` computes them (see its `precision`)."""
     ims, caps = _validate(images, captions, measure)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if precision == "auto":
+        # One float64 matrix within the budget is as fast as mixed precision there
+        # (benchmarks/README.md); over it, mixed precision saves the second product.
+        fits = ims.shape[0] * caps.shape[0] * _BYTES_PER_SCORE <= max_bytes // 2
+        precision = "float64" if fits else "mixed"
     if measure == "cosine" and precision == "mixed":
         return _both_ranks_mixed(ims, caps, max_bytes)
     return _both_ranks(ims, caps, measure, max_bytes)
@@ -377,14 +382,15 @@ def evaluate(
     measure: Measure = "cosine",
     fold5: bool = False,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    precision: Precision = "mixed",
+    precision: Precision = "auto",
 ) -> dict[str, Any]:
     """Both directions on the whole set: ``{"i2t", "t2i", "rsum", "n_images"}``.
 
-    Cosine ranks are by default (``precision="mixed"``) scored in float32 and re-scored in
-    float64 only where float32's error bound cannot separate a key from the query's
-    positive: the ranks of the float64 scores (``precision="float64"``, the original's
-    arithmetic) at about the cost of the float32 product. Re-scores are single float64 dot
+    With ``precision="mixed"`` cosine ranks are scored in float32 and re-scored in float64
+    only where float32's error bound cannot separate a key from the query's positive: the
+    ranks of the float64 scores (``precision="float64"``, the original's arithmetic) with
+    one float32 product for both directions. ``"auto"`` (the default) takes float64 when
+    its score matrix fits in ``max_bytes`` and mixed precision above. Re-scores are single float64 dot
     products, so a key whose float64 score differs from the positive's by less than
     float64's own rounding (~1e-16) could in principle order differently from a BLAS
     product; exact ties (duplicate vectors) give equal scores either way.
