@@ -390,8 +390,8 @@ def evaluate(
     only where float32's error bound cannot separate a key from the query's positive: the
     ranks of the float64 scores (``precision="float64"``, the original's arithmetic) with
     one float32 product for both directions. ``"auto"`` (the default) takes float64 when
-    its score matrix fits in ``max_bytes`` and mixed precision above. Re-scores are single float64 dot
-    products, so a key whose float64 score differs from the positive's by less than
+    its score matrix fits in ``max_bytes`` and mixed precision above. Re-scores are single
+    float64 dot products, so a key whose float64 score differs from the positive's by less than
     float64's own rounding (~1e-16) could in principle order differently from a BLAS
     product; exact ties (duplicate vectors) give equal scores either way.
 
