@@ -11,7 +11,8 @@ a Flickr-sized vocabulary of 8000) on seeded synthetic pairs whose captions hold
 - our step: the real ``Trainer.train_step`` (max-violation loss, Adam, clipping at 2.0) on
   batches drawn from the real ``train_dataset`` (and ``bucket_by_length=True`` for the
   bucketed variants), in the variants plain, XLA (``jit_compile``), bucketed, bfloat16 (only
-  where the CPU has AVX512_BF16 or AMX) and their combinations;
+  where the CPU has AVX512_BF16 or AMX), the hoisted GRU loop (``--gru_loop hoisted``,
+  ``training.model.HoistedGRU``) and their combinations;
 - the original: a minimal transcription of fartashf/vsepp's precomp training step in PyTorch
   on the same pairs, run by ``--torch_python`` in a child process (``--torch-only``, JSON
   lines), so the project never imports torch;
