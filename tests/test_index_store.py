@@ -220,11 +220,11 @@ def test_failed_metadata_write_leaves_old_index(
     before = _fingerprint(tmp_path / "idx")
     real = store._write_json
 
-    def failing(path: Path, value: object) -> None:
+    def failing(path: Path, value: object, **options: bool) -> None:
         if path.name == "captions.json":
-            real(path, value)
+            real(path, value, **options)
             raise OSError(28, "No space left on device")
-        real(path, value)
+        real(path, value, **options)
 
     monkeypatch.setattr(store, "_write_json", failing)
     with pytest.raises(OSError, match=r"No space"):
