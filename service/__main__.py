@@ -2,7 +2,7 @@
 
 Host and port come from --host/--port, else HOST/PORT, else the defaults. With --workers N
 each worker process loads the model and memory-maps the same index files, so the index is
-in memory once whatever N is.
+in memory once whatever N is, and SIGHUP to the parent reloads the index in every worker.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from vsepp.cli import LOG_FORMAT, LOG_LEVELS, UsageError, program
 
 logger = logging.getLogger("service")
+APP = "service.main:app"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -101,17 +102,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
+    from service.supervisor import run_workers
+
+    options: dict[str, Any] = dict(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level.lower(),
+        log_config=log_config(args.log_level),
+        access_log=False,  # service.access logs one structured line per request
+        timeout_graceful_shutdown=10,
+    )
     try:
-        uvicorn.run(
-            "service.main:app",
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_level=args.log_level.lower(),
-            log_config=log_config(args.log_level),
-            access_log=False,  # service.access logs one structured line per request
-            timeout_graceful_shutdown=10,
-        )
+        if args.workers > 1:
+            # SIGHUP reloads in every worker (service.supervisor), not uvicorn's restart.
+            run_workers(uvicorn.Config(APP, **options))
+        else:
+            uvicorn.run(APP, **options)
     finally:
         if metrics_dir is not None:
             os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

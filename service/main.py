@@ -46,13 +46,13 @@ def _version() -> str:
 
 
 def _on_sighup(state: ServiceState, tasks: list[asyncio.Task[None]]) -> None:
-    """SIGHUP reloads the index (in the process's main thread only; a test's in-thread
-    server goes without, and uses POST /admin/reload)."""
+    """SIGHUP reloads the index unless it already serves the build on disk (in the
+    process's main thread only; a test's in-thread server goes without)."""
     loop = asyncio.get_running_loop()
 
     def reload() -> None:
         logger.info("SIGHUP: reloading the index")
-        tasks.append(loop.create_task(state.reload_quietly(), name="vsepp-reload"))
+        tasks.append(loop.create_task(state.reload_if_new(asked=True), name="vsepp-reload"))
 
     try:
         loop.add_signal_handler(signal.SIGHUP, reload)

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,16 +211,32 @@ class ServiceState:
         with contextlib.suppress(ReloadRefused):
             await self.reload()
 
+    async def reload_if_new(self, *, asked: bool) -> None:
+        """Reload quietly unless the manifest on disk names the build that serves.
+
+        `asked` (SIGHUP) also retries the build refused last and reports an unreadable
+        manifest; the watcher (`asked` False) does neither, so that it does not log the
+        same refusal every interval.
+
+        Every build writes a new build id, so an unchanged id means unchanged files: a
+        worker that reloaded on an HTTP request skips the SIGHUP its siblings get.
+        """
+        if self.backend is None or self.settings.index_dir is None:
+            return
+        on_disk = await anyio.to_thread.run_sync(_build_id_on_disk, self.settings.index_dir)
+        skip = {self.backend.index.manifest.get("build_id")}
+        if not asked:
+            skip |= {self.reload_status.refused_build, None}
+        if on_disk in skip:
+            logger.debug("build %s: nothing to reload", on_disk)
+            return
+        await self.reload_quietly()
+
     async def watch(self, interval_s: float) -> None:
         """Reload whenever the index directory's manifest names another build."""
         while True:
             await asyncio.sleep(interval_s)
-            if self.backend is None or self.settings.index_dir is None:
-                continue
-            on_disk = await anyio.to_thread.run_sync(_build_id_on_disk, self.settings.index_dir)
-            serving = self.backend.index.manifest.get("build_id")
-            if on_disk and on_disk not in (serving, self.reload_status.refused_build):
-                await self.reload_quietly()
+            await self.reload_if_new(asked=False)
 
     async def load(self, encoders: EncodersLike | None, index: LoadedIndex | None) -> None:
         """Load what is missing in a worker thread; on failure keep the reason for /health."""
@@ -283,6 +300,7 @@ class ServiceState:
                 "reloads": self.reload_status.reloads,
                 "last_error": self.reload_status.last_error,
                 "interval_s": self.settings.reload_interval_s,
+                "worker_pid": os.getpid(),
             },
             "batching": {
                 "enabled": self.backend.text_batcher.enabled,

@@ -145,3 +145,48 @@ def uvicorn_in_thread(app: Any, timeout_s: float = 20.0) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+def hammer_text_search(
+    base: str,
+    stop: threading.Event,
+    answers: list[list[str]],
+    errors: list[str],
+    *,
+    k: int = 5,
+    limit: int = 400,
+) -> None:
+    """Search `base` for one sentence until `stop` (at most `limit` times), keeping the
+    image ids of each answer in `answers` and every failure in `errors`."""
+    import httpx
+
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for _ in range(limit):
+            if stop.is_set():
+                return
+            try:
+                r = client.post("/search/text", json={"query": "a red square", "k": k})
+            except httpx.HTTPError as e:
+                errors.append(repr(e))
+                continue
+            if r.status_code != 200:
+                errors.append(f"{r.status_code} {r.text[:200]}")
+            else:
+                answers.append([x["image_id"] for x in r.json()["results"]])
+
+
+def wait_healthy(client: Any, timeout_s: float = 180.0) -> dict[str, Any]:
+    """The body of the first 200 from GET /health within `timeout_s` (an httpx.Client)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            r = client.get("/health")
+            if r.status_code == 200:
+                body: dict[str, Any] = r.json()
+                return body
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the server never became ready")

@@ -28,7 +28,13 @@ from index.store import load_index
 from service.config import Settings
 from service.main import create_app
 from tests.image_files import photo, png_header_only, quirky_images
-from tests.service_helpers import image_bytes, shape_image, uvicorn_in_thread
+from tests.service_helpers import (
+    hammer_text_search,
+    image_bytes,
+    shape_image,
+    uvicorn_in_thread,
+    wait_healthy,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-admin"
@@ -289,22 +295,6 @@ def test_a_killed_build_resumes_to_the_same_index(demo_model_dir: Path, tmp_path
     np.testing.assert_allclose(a.vectors("images"), b.vectors("images"), atol=1e-6)
 
 
-def _hammer(base: str, stop: threading.Event, answers: list[Any], errors: list[str]) -> None:
-    with httpx.Client(base_url=base, timeout=30) as client:
-        n = 0
-        while not stop.is_set() and n < 400:
-            n += 1
-            try:
-                r = client.post("/search/text", json={"query": "a red square", "k": 5})
-            except httpx.HTTPError as e:
-                errors.append(repr(e))
-                continue
-            if r.status_code != 200:
-                errors.append(f"{r.status_code} {r.text[:200]}")
-            else:
-                answers.append([x["image_id"] for x in r.json()["results"]])
-
-
 def test_reload_under_load_fails_no_request(
     listed: Path, demo_model_dir: Path, tmp_path: Path, folder: Path
 ) -> None:
@@ -324,7 +314,7 @@ def test_reload_under_load_fails_no_request(
         assert (
             admin.post("/admin/reload", headers={"Authorization": "Bearer no"}).status_code == 403
         )
-        threads = [threading.Thread(target=_hammer, args=(base, stop, answers, errors))
+        threads = [threading.Thread(target=hammer_text_search, args=(base, stop, answers, errors))
                    for _ in range(16)]  # fmt: skip
         for t in threads:
             t.start()
@@ -374,30 +364,16 @@ def test_sighup_reloads_a_served_index(demo_model_dir: Path, folder: Path, tmp_p
     )  # fmt: skip
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            first = _wait_ready(client)["index"]["build_id"]
+            first = wait_healthy(client)["index"]["build_id"]
             assert build.main([*argv, "--images_dir", str(folder / "holiday 2024")]) == 0
             server.send_signal(signal.SIGHUP)
             deadline = time.monotonic() + 60
-            health = _wait_ready(client)
+            health = wait_healthy(client)
             while health["index"]["build_id"] == first and time.monotonic() < deadline:
                 time.sleep(0.1)
-                health = _wait_ready(client)
+                health = wait_healthy(client)
             assert health["index"]["build_id"] != first and health["reload"]["reloads"] == 1
             assert server.poll() is None  # reloaded, not restarted
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
-
-
-def _wait_ready(client: httpx.Client) -> dict[str, Any]:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            r = client.get("/health")
-            if r.status_code == 200:
-                body: dict[str, Any] = r.json()
-                return body
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the server never became ready")

@@ -58,20 +58,48 @@ def test_main_runs_uvicorn_with_the_app(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
     def fake_run(app: str, **kwargs: Any) -> None:
         calls.append((app, kwargs))
-        calls.append(("env", {"metrics": os.environ.get("PROMETHEUS_MULTIPROC_DIR")}))
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    argv = ["--port", "8123", "--workers", "2", "--model_dir", str(tmp_path / "m"),
-            "--index_dir", str(tmp_path / "i")]  # fmt: skip
+    argv = [
+        "--port",
+        "8123",
+        "--model_dir",
+        str(tmp_path / "m"),
+        "--index_dir",
+        str(tmp_path / "i"),
+    ]
     assert main(argv) == 0
-    (app, kwargs), (_, env) = calls
+    ((app, kwargs),) = calls
     assert app == "service.main:app"
-    assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("127.0.0.1", 8123, 2)
+    assert (kwargs["host"], kwargs["port"], kwargs["workers"]) == ("127.0.0.1", 8123, 1)
     assert kwargs["access_log"] is False
     assert os.environ["VSEPP_MODEL_DIR"] == str(tmp_path / "m")
     assert os.environ["VSEPP_INDEX_DIR"] == str(tmp_path / "i")
+
+
+def test_several_workers_run_under_the_reloading_supervisor(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    from service import supervisor
+
+    seen: list[tuple[uvicorn.Config, str | None]] = []
+
+    def fake_run_workers(config: uvicorn.Config) -> None:
+        seen.append((config, os.environ.get("PROMETHEUS_MULTIPROC_DIR")))
+
+    monkeypatch.setattr(supervisor, "run_workers", fake_run_workers)
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("uvicorn.run with workers"))
+    argv = ["--port", "8123", "--workers", "2", "--index_dir", str(tmp_path / "i")]
+    assert main(argv) == 0
+    ((config, metrics),) = seen
+    assert (config.app, config.host, config.port, config.workers) == (
+        "service.main:app", "127.0.0.1", 8123, 2
+    )  # fmt: skip
+    assert config.access_log is False
     # Several workers share their metrics through a folder that is removed afterwards.
-    assert env["metrics"] and not Path(env["metrics"]).exists()
+    assert metrics and not Path(metrics).exists()
 
 
 def test_log_config_routes_the_service_loggers() -> None:

@@ -12,6 +12,7 @@ from service.deps import SettingsDep, StateDep
 from service.routing import ServiceRoute
 from service.schemas import ErrorResponse, ReloadResponse
 from service.state import ReloadRefused
+from service.supervisor import tell_siblings
 
 router = APIRouter(prefix="/admin", tags=["admin"], route_class=ServiceRoute)
 
@@ -31,7 +32,10 @@ async def reload_index(
     settings: SettingsDep,
     authorization: Annotated[str | None, Header(description="Bearer VSEPP_ADMIN_TOKEN")] = None,
 ) -> ReloadResponse:
-    """Load the index directory again; the old index serves until the new one is checked."""
+    """Load the index directory again; the old index serves until the new one is checked.
+
+    With several workers, the others reload right after, each on its own.
+    """
     start = time.perf_counter()
     if settings.admin_token is None:
         raise HTTPException(404, "Not Found")  # as if the route did not exist
@@ -48,6 +52,8 @@ async def reload_index(
         backend = await state.reload()
     except ReloadRefused as exc:
         raise HTTPException(409, f"reload refused, the old index still serves: {exc}") from exc
+    # With several workers this one answers; the others follow on the parent's SIGHUP.
+    tell_siblings()
     index = backend.index
     return ReloadResponse(
         status="reloaded",

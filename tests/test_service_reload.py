@@ -1,0 +1,185 @@
+"""A rebuilt index reaches a running service without a restart: through the manifest
+watcher (VSEPP_RELOAD_INTERVAL_S), and in every worker of a `--workers 2` server on SIGHUP
+and on POST /admin/reload, while clients search."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from index import build
+from index.store import load_index
+from service.config import Settings
+from service.main import create_app
+from tests.image_files import photo
+from tests.service_helpers import (
+    free_port,
+    hammer_text_search,
+    image_bytes,
+    uvicorn_in_thread,
+    wait_healthy,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "s3cret-admin"
+K = 3
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three folders of different pictures (their image ids do not overlap)."""
+    root = tmp_path_factory.mktemp("reload")
+    out = {}
+    for n, name in enumerate(("first", "second", "third")):
+        for i in range(4):
+            path = root / name / f"{name}-{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(image_bytes(photo(seed=10 * n + i), "PNG"))
+        out[name] = root / name
+    return out
+
+
+def _build(model_dir: Path, images_dir: Path, index_dir: Path) -> str:
+    """Build `images_dir` over `index_dir`; returns the new build id."""
+    argv = ["--model_dir", str(model_dir), "--images_dir", str(images_dir)]
+    assert build.main([*argv, "--index_dir", str(index_dir)]) == 0
+    build_id: str = load_index(index_dir).manifest["build_id"]
+    return build_id
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_the_watcher_swaps_in_a_rebuilt_index_and_keeps_it_over_a_broken_one(
+    demo_model_dir: Path,
+    folders: dict[str, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from vsepp.model_dir import load_encoders
+
+    live = tmp_path / "live"
+    first = _build(demo_model_dir, folders["first"], live)
+    settings = Settings(index_dir=live, reload_interval_s=0.2)
+    app = create_app(settings, load_encoders(demo_model_dir), load_index(live))
+    with uvicorn_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        assert wait_healthy(client)["index"]["build_id"] == first
+        second = _build(demo_model_dir, folders["second"], live)
+
+        def serving() -> Any:
+            return client.get("/health").json()["index"]["build_id"]
+
+        _wait_for(lambda: serving() == second, "the watcher to load the rebuilt index")
+        hits = client.post("/search/text", json={"query": "a picture", "k": K}).json()["results"]
+        assert {h["image_id"] for h in hits} <= {p.name for p in folders["second"].iterdir()}
+        # A broken rebuild is refused once; the rebuilt index keeps serving.
+        manifest = json.loads((live / "manifest.json").read_text())
+        (live / "manifest.json").write_text(
+            json.dumps({**manifest, "build_id": "broken", "dim": 7})
+        )
+
+        def refused() -> Any:
+            return client.get("/health").json()["reload"]["last_error"]
+
+        with caplog.at_level(logging.ERROR, logger="service.state"):
+            _wait_for(lambda: bool(refused()), "the watcher to refuse the broken index")
+            time.sleep(1.0)  # five more intervals: the refused build is not tried again
+        assert sum("reload refused" in r.getMessage() for r in caplog.records) == 1
+        health = client.get("/health").json()
+        assert health["index"]["build_id"] == second and health["reload"]["reloads"] == 1
+        assert "dim" in health["reload"]["last_error"]
+        assert client.post("/search/text", json={"query": "a picture", "k": K}).status_code == 200
+
+
+def _worker_builds(base: str, tries: int = 400) -> dict[int, str]:
+    """Worker pid -> the build it serves, asking on fresh connections until two answer."""
+    seen: dict[int, str] = {}
+    for _ in range(tries):
+        with httpx.Client(base_url=base, timeout=30) as client:  # a new connection each time
+            body = client.get("/health").json()
+        seen[body["reload"]["worker_pid"]] = body["index"]["build_id"]
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def test_every_worker_reloads_in_place_under_load(
+    demo_model_dir: Path, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    live = tmp_path / "live"
+    builds = [_build(demo_model_dir, folders["first"], live)]
+    ids = {name: {p.name for p in path.iterdir()} for name, path in folders.items()}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "server.log").open("w")  # a file: a pipe would fill up and stall it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSEPP_")}
+    env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", VSEPP_ADMIN_TOKEN=TOKEN)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port), "--workers", "2",
+         "--model_dir", str(demo_model_dir), "--index_dir", str(live)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+    answers: list[list[str]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=hammer_text_search, args=(base, stop, answers, errors),
+                         kwargs={"k": K, "limit": 2000})
+        for _ in range(16)
+    ]  # fmt: skip
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            wait_healthy(client)
+        workers = _worker_builds(base)
+        assert len(workers) == 2 and set(workers.values()) == {builds[0]}, workers
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        # SIGHUP to the parent: each worker loads the rebuilt index itself.
+        builds.append(_build(demo_model_dir, folders["second"], live))
+        server.send_signal(signal.SIGHUP)
+        _wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[1]),
+                  "both workers to serve the second build")  # fmt: skip
+        time.sleep(1.0)
+        # POST /admin/reload reaches one worker; the other follows.
+        builds.append(_build(demo_model_dir, folders["third"], live))
+        with httpx.Client(base_url=base, timeout=60) as admin:
+            r = admin.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and r.json()["build_id"] == builds[2], r.text
+        _wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[2]),
+                  "both workers to serve the third build")  # fmt: skip
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+    stderr = (tmp_path / "server.log").read_text()
+    assert errors == [], errors[:5]
+    # Each answer comes whole from one of the three indexes, and each of them served.
+    by_index = [[name for name, own in ids.items() if set(a) <= own and len(a) == K]
+                for a in answers]  # fmt: skip
+    assert all(by_index), [a for a, names in zip(answers, by_index, strict=True) if not names][:3]
+    assert {names[0] for names in by_index} == set(ids)
+    # Reloaded, not restarted: the same two worker processes served throughout.
+    assert "Child process" not in stderr and "restarting processes" not in stderr
+    assert stderr.count("reloaded the index") == 4, stderr[-3000:]
