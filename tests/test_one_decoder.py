@@ -94,7 +94,7 @@ def test_exif_orientation_is_applied_everywhere(encoders: Encoders, tmp_path: Pa
 def test_training_sees_the_pixels_serving_sees(files: dict[str, Path]) -> None:
     import tensorflow as tf
 
-    from training.images import ImageConfig, decode_image, eval_image_transform
+    from training.images import ImageConfig, eval_view
     from training.pipeline import image_eval_dataset
     from vsepp.datasets import SplitData
     from vsepp.images import read_image_file
@@ -105,5 +105,5 @@ def test_training_sees_the_pixels_serving_sees(files: dict[str, Path]) -> None:
     batch = next(iter(image_eval_dataset(split, cfg, batch_size=len(names))))["image"].numpy()
     for row, name in enumerate(names):
         canonical = tf.constant(read_image_file(files[name]))
-        expected = eval_image_transform(decode_image(canonical), cfg)
+        expected = eval_view(canonical, cfg)
         np.testing.assert_array_equal(batch[row], expected.numpy(), err_msg=name)

@@ -12,11 +12,13 @@ import tensorflow as tf
 from PIL import Image
 
 from training.images import (
+    JPEG_SCALES,
     ImageConfig,
     center_crop,
     decode_image,
-    eval_image_transform,
     eval_images_from_bytes,
+    eval_view,
+    jpeg_scale,
     normalize,
     resize_shorter,
 )
@@ -118,6 +120,45 @@ def test_grayscale_and_rgba_png_decode_to_rgb() -> None:
     np.testing.assert_array_equal(out[..., 0], 200)
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "scale"),
+    [(3000, 4000, 8), (4000, 3000, 8), (600, 1000, 2), (511, 900, 2), (510, 900, 1),
+     (256, 256, 1), (100, 80, 1), (2041, 2100, 8), (2040, 2100, 4)],
+)  # fmt: skip
+def test_jpeg_scale_keeps_the_shorter_side_at_least_min_side(
+    height: int, width: int, scale: int
+) -> None:
+    index = int(jpeg_scale(tf.constant(height), tf.constant(width), 256))
+    assert JPEG_SCALES[index] == scale
+
+
+def _photo_jpeg(height: int, width: int) -> bytes:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    disc = (x - width / 2) ** 2 + (y - height / 3) ** 2 < (height / 4) ** 2
+    rgb = np.stack([128 + 100 * np.sin(x / 37), 128 + 100 * np.cos(y / 53), 255.0 * disc], -1)
+    noise = np.random.default_rng(0).normal(0, 6, rgb.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(rgb + noise, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_a_large_jpeg_decodes_at_the_dct_scale_its_resize_needs() -> None:
+    data = _photo_jpeg(1200, 1600)
+    full = decode_image(data)
+    scaled = decode_image(data, 256)
+    assert tuple(full.shape) == (1200, 1600, 3) and tuple(scaled.shape) == (300, 400, 3)
+    # The view every part sees stays within a few grey levels of the full-size decode's.
+    a = resize_shorter(full, 256).numpy().astype(np.float32)
+    b = resize_shorter(scaled, 256).numpy().astype(np.float32)
+    assert a.shape == b.shape == (256, 341, 3)
+    assert np.abs(a - b).mean() < 1.5 and np.abs(a - b).max() < 32
+    # Not a JPEG, or not large enough to shrink: decoded as it is.
+    png = _png(full.numpy(), "RGB")
+    np.testing.assert_array_equal(decode_image(png, 256).numpy(), full.numpy())
+    small = _photo_jpeg(300, 400)
+    np.testing.assert_array_equal(decode_image(small, 256).numpy(), decode_image(small).numpy())
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "GIF", "BMP"])
 def test_other_formats_decode_to_rgb(fmt: str) -> None:
     buf = io.BytesIO()
@@ -176,7 +217,7 @@ def test_serving_bytes_path_equals_eval_pipeline(split: SplitData) -> None:
     served = eval_images_from_bytes(blobs, cfg).numpy()
     evaluated = np.concatenate([b["image"] for b in _epoch(image_eval_dataset(split, cfg, 4))])
     np.testing.assert_array_equal(served, evaluated)
-    one = eval_image_transform(decode_image(blobs[3]), cfg).numpy()
+    one = eval_view(blobs[3], cfg).numpy()
     np.testing.assert_array_equal(one, evaluated[3])
 
 

@@ -28,7 +28,7 @@ import tensorflow as tf
 from training.images import (
     ImageConfig,
     decode_image,
-    eval_image_transform,
+    eval_view,
     read_canonical,
     resize_shorter,
     train_image_transform,
@@ -301,9 +301,11 @@ def _image_pairs(
 
     def load(row: tf.Tensor, r: tf.Tensor) -> dict[str, tf.Tensor]:
         i = row // per_image
-        image = decode_image(read_canonical(paths[i]))
         if train_needs_resize(cfg):
+            image = decode_image(read_canonical(paths[i]), cfg.resize_size)
             image = resize_shorter(image, cfg.resize_size)
+        else:  # RandomResizedCrop enlarges small boxes: it wants the full resolution
+            image = decode_image(read_canonical(paths[i]))
         return {
             "image": train_image_transform(image, cfg, tf.stack([r, row])),
             **caps.lookup(row),
@@ -360,7 +362,8 @@ def _cached_pairs(split: SplitData, cfg: ImageConfig, per_image: int) -> tf.data
     paths = _paths(split)
 
     def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return i, resize_shorter(decode_image(read_canonical(paths[i])), cfg.resize_size)
+        image = decode_image(read_canonical(paths[i]), cfg.resize_size)
+        return i, resize_shorter(image, cfg.resize_size)
 
     images = tf.data.Dataset.range(len(split.image_paths))
     images = images.map(load, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
@@ -394,7 +397,7 @@ def image_eval_dataset(
     paths = _paths(split)
 
     def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return i, eval_image_transform(decode_image(read_canonical(paths[i])), cfg)
+        return i, eval_view(read_canonical(paths[i]), cfg)
 
     # tf.data cannot catch an error per element and name its file, so failures are dropped and
     # the gap they leave in the row sequence is turned into an error that names the file. A
