@@ -17,50 +17,16 @@ tf.config.set_logical_device_configuration(
 
 import numpy as np  # noqa: E402
 
-from training.config import ModelConfig, TrainConfig  # noqa: E402
-from training.images import ImageConfig  # noqa: E402
-from training.text import Vocabulary  # noqa: E402
-from training.trainer import TrainData, Trainer  # noqa: E402
-from vsepp.datasets import SplitData  # noqa: E402
+from tests._step_setup import BATCH_SIZE, tiny_step  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.trainer import Trainer  # noqa: E402
 
 
 def run(mode: str) -> dict[str, float]:
-    rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(20)]
-    captions = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(40)]
-    split = SplitData(
-        "train",
-        [f"{i}.jpg" for i in range(8)],
-        [Path(f"/nonexistent/{i}.jpg") for i in range(8)],
-        captions,
-    )
-    vocab = Vocabulary.build(captions, min_count=1)
-    batch_size = 8
-    tokens = [vocab.encode(c) for c in captions[:batch_size]]
-    width = max(map(len, tokens))
-    batch = {
-        "tokens": tf.constant([t + [0] * (width - len(t)) for t in tokens], tf.int32),
-        "lengths": tf.constant([len(t) for t in tokens], tf.int32),
-    }
-    if mode == "precomp":
-        mcfg = ModelConfig(
-            cnn="tiny", joint_space=16, word_dim=8, vocab_size=len(vocab), precomp_dim=12
-        )
-        batch["feature"] = tf.constant(rng.normal(size=(batch_size, 12)), tf.float32)
-    else:
-        mcfg = ModelConfig(
-            cnn="tiny",
-            cnn_weights="none",
-            image_size=32,
-            resize_size=32,
-            joint_space=16,
-            word_dim=8,
-            vocab_size=len(vocab),
-        )
-        batch["image"] = tf.constant(rng.uniform(size=(batch_size, 32, 32, 3)), tf.float32)
+    setup = tiny_step(mode)
+    mcfg, data, batch = setup.model, setup.data, setup.batch
     # A small clip norm makes clipping active, so it is tested too.
-    tcfg = TrainConfig(batch_size=batch_size, learning_rate=1e-2, grad_clip=0.05, seed=5)
-    data = TrainData(split, split, vocab, ImageConfig(32, 32, "unit"))
+    tcfg = TrainConfig(batch_size=BATCH_SIZE, learning_rate=1e-2, grad_clip=0.05, seed=5)
     out: dict[str, float] = {}
     trainers = {}
     with tempfile.TemporaryDirectory() as tmp:

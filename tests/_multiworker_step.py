@@ -20,11 +20,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from training.config import ModelConfig, TrainConfig
-from training.images import ImageConfig
-from training.text import Vocabulary
-from training.trainer import TrainData, Trainer
-from vsepp.datasets import SplitData
+from tests._step_setup import BATCH_SIZE, tiny_step
+from training.config import TrainConfig
+from training.trainer import Trainer
 
 
 def main(role: str, out: str) -> None:
@@ -33,30 +31,10 @@ def main(role: str, out: str) -> None:
         if role == "worker"
         else tf.distribute.OneDeviceStrategy("/cpu:0")
     )
-    rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(20)]
-    captions = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(40)]
-    split = SplitData(
-        "train",
-        [f"{i}.jpg" for i in range(8)],
-        [Path(f"/nonexistent/{i}.jpg") for i in range(8)],
-        captions,
-    )
-    vocab = Vocabulary.build(captions, min_count=1)
-    batch_size = 8
-    tokens = [vocab.encode(c) for c in captions[:batch_size]]
-    width = max(map(len, tokens))
-    batch = {
-        "tokens": tf.constant([t + [0] * (width - len(t)) for t in tokens], tf.int32),
-        "lengths": tf.constant([len(t) for t in tokens], tf.int32),
-        "feature": tf.constant(rng.normal(size=(batch_size, 12)), tf.float32),
-    }
-    mcfg = ModelConfig(
-        cnn="tiny", joint_space=16, word_dim=8, vocab_size=len(vocab), precomp_dim=12
-    )
+    setup = tiny_step("precomp")
     # A small clip norm makes clipping active, so the global-norm clip is tested too.
-    tcfg = TrainConfig(batch_size=batch_size, learning_rate=1e-2, grad_clip=0.05, seed=5)
-    data = TrainData(split, split, vocab, ImageConfig(32, 32, "unit"), batch["feature"].numpy())
+    tcfg = TrainConfig(batch_size=BATCH_SIZE, learning_rate=1e-2, grad_clip=0.05, seed=5)
+    mcfg, data, batch = setup.model, setup.data, setup.batch
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(mcfg, tcfg, data, Path(tmp) / "run", strategy=strategy)
         # Seeded initialisation is the same in every process; set_weights makes sure.

@@ -6,35 +6,19 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from training.config import ModelConfig, TrainConfig
-from training.images import ImageConfig
-from training.text import Vocabulary
-from training.trainer import TrainData, Trainer
-from vsepp.datasets import SplitData
+from tests._step_setup import BATCH_SIZE, tiny_step
+from training.config import TrainConfig
+from training.trainer import Trainer
 
 
 def run(mode: str, jit: bool, steps: int = 20) -> dict[str, object]:
-    rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(20)]
-    captions = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(40)]
-    split = SplitData("train", [f"{i}.jpg" for i in range(8)],
-                      [Path(f"/nonexistent/{i}.jpg") for i in range(8)], captions)  # fmt: skip
-    vocab = Vocabulary.build(captions, min_count=1)
-    tokens = [vocab.encode(c) for c in captions[:8]]
-    width = max(map(len, tokens))
-    batch = {
-        "tokens": tf.constant([t + [0] * (width - len(t)) for t in tokens], tf.int32),
-        "image": tf.constant(rng.uniform(size=(8, 32, 32, 3)), tf.float32),
-    }
-    mcfg = ModelConfig(cnn="tiny", cnn_weights="none", image_size=32, resize_size=32,
-                       joint_space=16, word_dim=8, vocab_size=len(vocab))  # fmt: skip
-    tcfg = TrainConfig(batch_size=8, learning_rate=1e-2, mixed_precision=mode, jit_compile=jit)
-    data = TrainData(split, split, vocab, ImageConfig(32, 32, "unit"))
+    setup = tiny_step("images")
+    mcfg, data, batch = setup.model, setup.data, setup.batch
+    tcfg = TrainConfig(batch_size=BATCH_SIZE, learning_rate=1e-2, mixed_precision=mode,
+                       jit_compile=jit)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(mcfg, tcfg, data, tmp)
         before = trainer.model.text_encoder.get_weights()
