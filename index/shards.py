@@ -41,7 +41,7 @@ from index.sources import SourceImage
 from vsepp.atomic import write_bytes_atomic, write_json_atomic
 from vsepp.embed import embed_blobs, embed_texts
 from vsepp.images import DEFAULT_MAX_PIXELS, ImageFileError, canonical_image
-from vsepp.model_dir import EncodersLike
+from vsepp.model_dir import EncodersLike, jpeg_min_side
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,9 @@ def _shard_name(n: int, suffix: str) -> str:
     return f"shard-{n:05d}{suffix}"
 
 
-def _prepare(path: bytes, max_pixels: int) -> tuple[bytes, bytes, int, int, bytes]:
+def _prepare(
+    path: bytes, max_pixels: int, min_side: int | None
+) -> tuple[bytes, bytes, int, int, bytes]:
     """(canonical bytes, sha256 of the file, width, height, b"" or the reason it is unusable)."""
     try:
         raw = Path(os.fsdecode(path)).read_bytes()
@@ -98,14 +100,14 @@ def _prepare(path: bytes, max_pixels: int) -> tuple[bytes, bytes, int, int, byte
         return b"", b"", 0, 0, f"unreadable: {e.strerror or e}".encode()
     digest = hashlib.sha256(raw).hexdigest().encode()
     try:
-        image = canonical_image(raw, max_pixels=max_pixels)
+        image = canonical_image(raw, max_pixels=max_pixels, min_side=min_side)
     except ImageFileError as e:
         return b"", digest, 0, 0, f"{e.reason}: {e}".encode()
     return image.data, digest, image.width, image.height, b""
 
 
 def _prepared(
-    items: Iterable[SourceImage], max_pixels: int
+    items: Iterable[SourceImage], max_pixels: int, min_side: int | None
 ) -> Iterator[tuple[SourceImage, bytes, str, int, int, str]]:
     """The items with their files read and canonicalised, in order, in parallel (tf.data)."""
     import tensorflow as tf
@@ -127,7 +129,7 @@ def _prepared(
         out = tf.numpy_function(
             lambda p: tuple(
                 np.asarray(v, dtype=object if k in (0, 1, 4) else np.int32)
-                for k, v in enumerate(_prepare(bytes(p), max_pixels))
+                for k, v in enumerate(_prepare(bytes(p), max_pixels, min_side))
             ),
             [path],
             [tf.string, tf.string, tf.int32, tf.int32, tf.string],
@@ -295,7 +297,9 @@ def _embed(
     todo = (item for item in items if item.image_id not in seen)
     builder = _ShardBuilder(encoders, root, len(done), batch_size)
     with tqdm(desc="images", unit="img", disable=None) as bar:
-        for item, data, digest, width, height, reason in _prepared(todo, max_pixels):
+        for item, data, digest, width, height, reason in _prepared(
+            todo, max_pixels, jpeg_min_side(encoders.manifest)
+        ):
             builder.seen.append(item.image_id)
             if reason:
                 log.warning("skipping image %s (%s): %s", item.image_id, item.path, reason)

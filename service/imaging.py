@@ -75,9 +75,10 @@ def rejected(error: ImageFileError) -> ImageRejected:
     return ImageRejected(_STATUS.get(error.reason, 400), detail)
 
 
-def canonical_upload(data: bytes, *, max_pixels: int) -> CanonicalImage:
-    """The upload in the encoder's canonical form (`vsepp.images`), or ImageRejected."""
+def canonical_upload(data: bytes, *, max_pixels: int, min_side: int | None) -> CanonicalImage:
+    """The upload in the encoder's canonical form (`vsepp.images`; `min_side`, the model's
+    `jpeg_min_side`), or ImageRejected."""
     try:
-        return canonical_image(data, max_pixels=max_pixels)
+        return canonical_image(data, max_pixels=max_pixels, min_side=min_side)
     except ImageFileError as e:
         raise rejected(e) from e

@@ -13,7 +13,7 @@ from index import LoadedIndex
 from service.imaging import canonical_upload, rejected
 from service.metrics import Metrics
 from vsepp.images import CanonicalImage, ImageFileError
-from vsepp.model_dir import EncodersLike
+from vsepp.model_dir import EncodersLike, jpeg_min_side
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,8 @@ class SearchEngine:
     def decode(self, data: bytes, max_pixels: int) -> CanonicalImage:
         """An uploaded image file in the encoder's canonical form (imaging.canonical_upload)."""
         with self.metrics.stage("decode", "image"):
-            return canonical_upload(data, max_pixels=max_pixels)
+            min_side = jpeg_min_side(self.encoders.manifest)
+            return canonical_upload(data, max_pixels=max_pixels, min_side=min_side)
 
     def embed_image(self, data: bytes) -> np.ndarray:
         """float32 [D] vector of one image file, decoded as indexing decoded it.

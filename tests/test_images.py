@@ -119,6 +119,27 @@ def test_exif_orientation_is_applied() -> None:
     assert (canonical.width, canonical.height) == (20, 40)
 
 
+def test_a_large_rotated_jpeg_is_drafted_to_the_models_min_side() -> None:
+    from tests.image_files import photo
+
+    stored = photo(1600, 1200, seed=4).transpose(Image.Transpose.ROTATE_90)  # 1200 x 1600
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = image_bytes(stored, "JPEG", quality=90, exif=exif)
+    full = canonical_image(data, max_pixels=MAX)
+    drafted = canonical_image(data, max_pixels=MAX, min_side=256)
+    # Both report the upright file's size; the drafted PNG holds 1/4 of each side.
+    assert (full.width, full.height) == (drafted.width, drafted.height) == (1600, 1200)
+    small = decode_image(drafted.data).numpy()
+    assert small.shape == (300, 400, 3) and decode_image(full.data).shape == (1200, 1600, 3)
+    # The same picture: the full decode shrunk by PIL sits within a few grey levels of it.
+    shrunk = Image.open(io.BytesIO(full.data)).resize((400, 300), Image.Resampling.BOX)
+    assert np.abs(np.asarray(shrunk, np.float32) - small).mean() < 3.0
+    # The draft is a fixed point too, and a JPEG that passes through is left as it is.
+    assert canonical_image_bytes(drafted.data, min_side=256) == drafted.data
+    assert canonical_image_bytes(JPEG, min_side=64) is JPEG
+
+
 @pytest.mark.parametrize(
     ("data", "reason", "words"),
     [

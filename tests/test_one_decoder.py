@@ -36,7 +36,20 @@ KINDS = [
     "animated.gif",
     "photo.bmp",
     "photo.tiff",
+    # Large enough for the demo model's decoder (resize 64) to read them at a DCT scale:
+    "large.jpg",  # by TensorFlow's decode_jpeg(ratio=4)
+    "large-rotated.jpg",  # by PIL's draft, then upright, as a PNG
 ]
+
+
+def _large_jpegs() -> dict[str, bytes]:
+    picture = photo(640, 480, seed=3)
+    plain, rotated = io.BytesIO(), io.BytesIO()
+    picture.save(plain, "JPEG", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    picture.transpose(Image.Transpose.ROTATE_90).save(rotated, "JPEG", quality=90, exif=exif)
+    return {"large.jpg": plain.getvalue(), "large-rotated.jpg": rotated.getvalue()}
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +61,10 @@ def encoders(demo_model_dir: Path) -> Encoders:
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("kinds")
     out = {}
+    made = {**quirky_images(), **_large_jpegs()}
     for name in KINDS:
         out[name] = root / name
-        out[name].write_bytes(quirky_images()[name])
+        out[name].write_bytes(made[name])
     return out
 
 
@@ -100,10 +114,11 @@ def test_training_sees_the_pixels_serving_sees(files: dict[str, Path]) -> None:
     from vsepp.images import read_image_file
 
     cfg = ImageConfig(image_size=48, resize_size=56, preprocess="unit", hflip=False)
-    names = ["exif-rotated.jpg", "rgba.png", "cmyk.jpg", "photo.webp", "animated.gif"]
+    names = ["exif-rotated.jpg", "rgba.png", "cmyk.jpg", "photo.webp", "animated.gif",
+             "large.jpg", "large-rotated.jpg"]  # fmt: skip
     split = SplitData("test", names, [files[n] for n in names], ["a caption"] * 5 * len(names))
     batch = next(iter(image_eval_dataset(split, cfg, batch_size=len(names))))["image"].numpy()
     for row, name in enumerate(names):
-        canonical = tf.constant(read_image_file(files[name]))
+        canonical = tf.constant(read_image_file(files[name], min_side=cfg.resize_size))
         expected = eval_view(canonical, cfg)
         np.testing.assert_array_equal(batch[row], expected.numpy(), err_msg=name)

@@ -23,7 +23,7 @@ MAX = 10_000_000
 )
 def test_refused_uploads_get_their_status(data: bytes, status: int, words: str) -> None:
     with pytest.raises(ImageRejected) as caught:
-        canonical_upload(data, max_pixels=MAX)
+        canonical_upload(data, max_pixels=MAX, min_side=None)
     assert caught.value.status_code == status
     assert words in caught.value.detail
 

@@ -116,6 +116,8 @@ def export_model(
             "image_size": image_cfg.image_size,
             "resize_size": image_cfg.resize_size,
             "preprocess": image_cfg.preprocess,
+            # The decoder reads large JPEGs at the DCT scale this side allows (eval_view).
+            "jpeg_min_side": image_cfg.resize_size,
         },
         "text": {
             "vocab_size": len(vocab),

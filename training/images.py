@@ -8,6 +8,7 @@ applied.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -75,19 +76,22 @@ class ImageConfig:
         )
 
 
-def read_canonical(path: tf.Tensor) -> tf.Tensor:
+def read_canonical(path: tf.Tensor, min_side: int | None = None) -> tf.Tensor:
     """tf.string path -> the file's bytes in the one canonical form (`vsepp.images`).
 
     The very function indexing and serving use, so training sees EXIF-upright, alpha-on-white
-    pixels like they do. An unusable file raises (tf.data's error handling then applies).
+    pixels like they do; `min_side` as the exported encoder's `jpeg_min_side` where the view
+    is resized to it (evaluation, the seed's crop). An unusable file raises (tf.data's error
+    handling then applies).
     """
-    data = tf.numpy_function(_read_canonical, [path], tf.string, stateful=False)
+    read = functools.partial(_read_canonical, min_side=min_side)
+    data = tf.numpy_function(read, [path], tf.string, stateful=False)
     data.set_shape([])
     return data
 
 
-def _read_canonical(path: bytes) -> np.ndarray:
-    return np.asarray(read_image_file(os.fsdecode(path)), dtype=object)
+def _read_canonical(path: bytes, min_side: int | None) -> np.ndarray:
+    return np.asarray(read_image_file(os.fsdecode(path), min_side=min_side), dtype=object)
 
 
 def decode_image(contents: tf.Tensor, min_side: int | None = None) -> tf.Tensor:

@@ -302,8 +302,8 @@ def _image_pairs(
     def load(row: tf.Tensor, r: tf.Tensor) -> dict[str, tf.Tensor]:
         i = row // per_image
         if train_needs_resize(cfg):
-            image = decode_image(read_canonical(paths[i]), cfg.resize_size)
-            image = resize_shorter(image, cfg.resize_size)
+            data = read_canonical(paths[i], cfg.resize_size)
+            image = resize_shorter(decode_image(data, cfg.resize_size), cfg.resize_size)
         else:  # RandomResizedCrop enlarges small boxes: it wants the full resolution
             image = decode_image(read_canonical(paths[i]))
         return {
@@ -362,8 +362,8 @@ def _cached_pairs(split: SplitData, cfg: ImageConfig, per_image: int) -> tf.data
     paths = _paths(split)
 
     def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image = decode_image(read_canonical(paths[i]), cfg.resize_size)
-        return i, resize_shorter(image, cfg.resize_size)
+        data = read_canonical(paths[i], cfg.resize_size)
+        return i, resize_shorter(decode_image(data, cfg.resize_size), cfg.resize_size)
 
     images = tf.data.Dataset.range(len(split.image_paths))
     images = images.map(load, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
@@ -397,7 +397,7 @@ def image_eval_dataset(
     paths = _paths(split)
 
     def load(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return i, eval_view(read_canonical(paths[i]), cfg)
+        return i, eval_view(read_canonical(paths[i], cfg.resize_size), cfg)
 
     # tf.data cannot catch an error per element and name its file, so failures are dropped and
     # the gap they leave in the row sequence is turned into an error that names the file. A

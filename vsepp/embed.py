@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vsepp.images import ImageFileError, read_image_file
-from vsepp.model_dir import EncodersLike
+from vsepp.model_dir import EncodersLike, jpeg_min_side
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,10 @@ def _checked(out: Any, n: int, dim: int, what: str) -> np.ndarray:
     return arr
 
 
-def _read(path: Path) -> tuple[bytes | None, str | None]:
+def _read(path: Path, min_side: int | None) -> tuple[bytes | None, str | None]:
     """(canonical bytes, None) or (None, why the file cannot be used)."""
     try:
-        return read_image_file(path), None
+        return read_image_file(path, min_side=min_side), None
     except ImageFileError as e:
         return None, f"{e.reason}: {e}"
 
@@ -110,7 +110,7 @@ def embed_images(
             batch: list[int] = []
             blobs: list[bytes] = []
             for i in range(start, min(start + batch_size, len(paths))):
-                data, why = _read(Path(paths[i]))
+                data, why = _read(Path(paths[i]), jpeg_min_side(encoders.manifest))
                 if data is None:
                     skip(i, str(why))
                 else:

@@ -10,6 +10,12 @@ passes through untouched, so the common case costs one header parse.
 
 The pixel budget is checked from the header before a single pixel is decoded, so a small
 file that claims to be 100k x 100k is refused in microseconds.
+
+`min_side` is the model's (`vsepp.model_dir.jpeg_min_side`): a model whose decoder reads
+a large JPEG at a reduced DCT scale has the JPEGs PIL converts (EXIF-rotated, CMYK) drafted
+the same way, to the smallest scale whose shorter side is >= `min_side`, instead of
+decoding 12 megapixels to hand 256 rows on. Every part passes the model's value, so all
+of them still see the same pixels.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ DEFAULT_MAX_PIXELS = 89_478_485
 # What TensorFlow's decoder reads exactly as PIL would: 8-bit RGB or gray, no alpha.
 _PASS_THROUGH_MODES = frozenset({"RGB", "L"})
 _ORIENTATION = 0x0112  # the EXIF tag
+_TURNING = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 
 
 class ImageFileError(ValueError):
@@ -52,26 +59,35 @@ class ImageFileError(ValueError):
         self.reason = reason
 
 
-def read_image_file(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def read_image_file(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int | None = None,
+) -> bytes:
     """The canonical bytes of the image file at `path` (see `canonical_image_bytes`)."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise ImageFileError("unreadable", f"cannot read {path}: {e.strerror or e}") from e
-    return canonical_image_bytes(data, max_pixels=max_pixels)
+    return canonical_image_bytes(data, max_pixels=max_pixels, min_side=min_side)
 
 
 @dataclass(frozen=True)
 class CanonicalImage:
-    """An image file in the form the encoder's decoder reads exactly, and its upright size."""
+    """An image file in the form the encoder's decoder reads exactly, and its upright size
+    (of the file: a drafted PNG has fewer pixels)."""
 
     data: bytes  # the original bytes, or a lossless 8-bit RGB PNG
     width: int
     height: int
 
 
-def canonical_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> CanonicalImage:
-    """`data` itself where the encoder's decoder reads it as is, else a canonical RGB PNG.
+def canonical_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> CanonicalImage:
+    """`data` itself where the encoder's decoder reads it as is, else a canonical RGB PNG
+    (of a JPEG drafted to the DCT scale `min_side` allows, see the module doc).
 
     Raises ImageFileError for empty data, data that is no image of a supported format,
     a corrupt file, or more than `max_pixels` pixels.
@@ -81,16 +97,24 @@ def canonical_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Can
     with _open(data, max_pixels) as image:
         if _passes_through(image):
             return CanonicalImage(data, *image.size)
+        width, height = image.size
+        if _orientation(image) in _TURNING:
+            width, height = height, width  # made upright by its EXIF orientation
+        if min_side is not None and image.format in ("JPEG", "MPO"):
+            # libjpeg scales by 1/2, 1/4 or 1/8 while decoding; PIL keeps both sides >= these.
+            image.draft("RGB", (min_side, min_side))
         rgb = _load_rgb(image)
     out = io.BytesIO()
     # Level 1: the PNG is only a lossless hand-over to the decoder, not something to keep.
     Image.fromarray(rgb).save(out, "PNG", compress_level=1)
-    return CanonicalImage(out.getvalue(), rgb.shape[1], rgb.shape[0])
+    return CanonicalImage(out.getvalue(), width, height)
 
 
-def canonical_image_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+def canonical_image_bytes(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> bytes:
     """The bytes of `canonical_image(data)`."""
-    return canonical_image(data, max_pixels=max_pixels).data
+    return canonical_image(data, max_pixels=max_pixels, min_side=min_side).data
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -132,11 +156,17 @@ def _passes_through(image: Image.Image) -> bool:
     if image.format == "PNG":
         # tRNS makes a gray or RGB PNG transparent; eXIf may rotate it.
         return "transparency" not in image.info and "exif" not in image.info
+    return _orientation(image) in (None, 1)
+
+
+def _orientation(image: Image.Image) -> int | None:
+    """The EXIF orientation (1 to 8); 0 for an unreadable EXIF block, which PIL's path
+    then makes what it can of."""
     try:
-        orientation = image.getexif().get(_ORIENTATION, 1)
-    except Exception:  # an unreadable EXIF block: let PIL's path decide what to make of it
-        return False
-    return orientation in (None, 1)
+        value = image.getexif().get(_ORIENTATION, 1)
+    except Exception:
+        return 0
+    return int(value) if isinstance(value, int) else None
 
 
 def _load_rgb(image: Image.Image) -> np.ndarray:

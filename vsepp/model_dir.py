@@ -58,6 +58,7 @@ class Encoders:
         # The content hash names the exact weights: an index built with them records it.
         self.model_hash: str = str(self.manifest["content_hash"])
         self.image_size: int = int(self.manifest["image"]["image_size"])
+        self.jpeg_min_side = jpeg_min_side(self.manifest)
         self._image = tf.saved_model.load(str(export / "image_encoder"))
         self._text = tf.saved_model.load(str(export / "text_encoder"))
 
@@ -80,7 +81,7 @@ class Encoders:
         canonical = []
         for i, blob in enumerate(blobs):
             try:
-                canonical.append(canonical_image_bytes(blob))
+                canonical.append(canonical_image_bytes(blob, min_side=self.jpeg_min_side))
             except ImageFileError as e:
                 raise ImageFileError(e.reason, _nth(i, len(blobs), str(e))) from e
         try:
@@ -103,6 +104,15 @@ class Encoders:
         if arr.shape[0] == 0:
             return np.zeros((0, self.embed_dim), np.float32)
         return np.asarray(self._image.encode_array(self._tf.constant(arr)).numpy(), np.float32)
+
+
+def jpeg_min_side(manifest: dict[str, Any]) -> int | None:
+    """The shorter side the model's decoder downscales large JPEGs to at least, None for a
+    model that decodes them at full size (exported before it could); pass it on to
+    `vsepp.images` wherever a file is put in canonical form for this model."""
+    image = manifest.get("image")
+    value = image.get("jpeg_min_side") if isinstance(image, dict) else None
+    return int(value) if value else None
 
 
 def model_facts(encoders: EncodersLike) -> dict[str, Any]:

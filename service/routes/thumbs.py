@@ -41,9 +41,12 @@ def thumbnail(source: Path, size: int, cache: Path, max_pixels: int) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    # The one decoder's canonical form is upright and opaque; PIL reads it exactly.
-    canonical = canonical_image(source.read_bytes(), max_pixels=max_pixels)
+    # The one decoder's canonical form is upright and opaque; PIL reads it exactly. A JPEG
+    # is read at the smallest DCT scale that still covers the thumbnail (PIL's draft).
+    canonical = canonical_image(source.read_bytes(), max_pixels=max_pixels, min_side=size)
     with Image.open(io.BytesIO(canonical.data)) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (size, size))
         picture = image.convert("RGB")
     picture.thumbnail((size, size), Image.Resampling.LANCZOS)
     out = io.BytesIO()
