@@ -145,9 +145,10 @@ def timed_build(model_dir: Path, folder: Path, index_dir: Path, batch_size: int)
         "images": manifest["images"]["count"],
         "images_per_s": round(manifest["images"]["count"] / seconds, 2),
         "peak_rss_mib": round(int(re.findall(r"maxrss_kib=(\d+)", stderr)[-1]) / 1024, 1),
-        # The index itself (FAISS files and records), which the aim allows on top.
+        # The index itself (FAISS files and records, not the copied images), which the aim
+        # allows on top.
         "index_mib": round(
-            sum(f.stat().st_size for f in index_dir.rglob("*") if f.is_file()) / 2**20, 1
+            sum(f.stat().st_size for f in index_dir.iterdir() if f.is_file()) / 2**20, 1
         ),
         "summary": summary,
     }
