@@ -2,7 +2,8 @@
 
 ```
 SHARDS_DIR/
-  shards.json               {"format", "model_hash", "dim", "shard_size", "source"}
+  shards.json               {"format", "model_hash", "dim", "shard_size", "source",
+                              "shards": N once the run is complete}
   shard-00000.npy           float32 [m, D]: the shard's image vectors, row i = images[i]
   shard-00000.captions.npy  float32 [c, D]: its images' own captions, in record order
   shard-00000.json          {"images": [{"image_id", "file", "sha256", "width", "height",
@@ -16,7 +17,8 @@ shards' boundaries depend on the source alone; a build killed at any moment resu
 its last complete shard and ends with the same shards, hence the same index, as one never
 interrupted. Byte-identical files (sha256) are embedded once; the later paths are recorded
 as duplicates of the first. Reading and decoding run in parallel in tf.data; memory holds
-one shard of vectors at a time.
+one shard of vectors at a time. `ShardWriter` is the one writer of a shard, here and in
+`index.beam_pipeline`; `read_shards` refuses a directory that cannot make a whole index.
 """
 
 from __future__ import annotations

@@ -72,6 +72,9 @@ def test_bfloat16_recall_is_float32s(
         path = tmp_path / f"{name}.json"
         assert evaluate_main(["--index", str(index), "--metrics_out", str(path)]) == 0
         metrics[name] = json.loads(path.read_text())
+    # Shown with `pytest -s`: the figures benchmarks/README.md records.
+    print({p: {w: [m[w][k] for k in ("r1", "r5", "r10")] for w in ("i2t", "t2i")}
+           for p, m in metrics.items()})  # fmt: skip
     for way in ("i2t", "t2i"):
         for key in ("r1", "r5", "r10"):
             got, want = metrics["bfloat16"][way][key], metrics["float32"][way][key]
