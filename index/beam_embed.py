@@ -48,6 +48,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
         description="Embed a folder or a list of images into index shards on Apache Beam "
         "(index.build --from_shards turns them into an index). Flags not listed here are "
         "Beam's pipeline options (--runner, --direct_num_workers, --project, ...).",
+        # No prefixes: a Beam flag must never be taken for an abbreviation of one of ours.
+        allow_abbrev=False,
     )
     add_model_dir(p, help="exported model (training.export)")
     p.add_argument("--out_dir", type=Path, required=True, help="the shards directory to write")
