@@ -33,7 +33,14 @@ from index.source_args import (
 from index.sources import read_caption_corpus
 from index.store import check_built_with, load_index, read_manifest
 from index.update import add_to_index, add_with_model, read_items
-from vsepp.cli import add_index_dir, add_log_level, add_model_dir, program, setup_logging
+from vsepp.cli import (
+    add_index_dir,
+    add_log_level,
+    add_model_dir,
+    add_precision,
+    program,
+    setup_logging,
+)
 from vsepp.datasets.args import add_dataset_args, add_split_args, load_split_from_args
 from vsepp.embed import embed_texts
 from vsepp.model_dir import EncodersLike, load_encoders
@@ -55,6 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--items", type=Path, help='JSON list of {"file", "captions": [...], "image_id"?}'
     )
     p.add_argument("--batch_size", type=int, default=32, help="images / captions per model call")
+    add_precision(p)
     p.add_argument(
         "--copy_images",
         action=argparse.BooleanOptionalAction,
@@ -121,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    encoders = load_encoders(args.model_dir)
+    encoders = load_encoders(args.model_dir, args.precision)
     if (
         args.images_dir is not None
         or args.list is not None

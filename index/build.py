@@ -34,10 +34,17 @@ from index.source_args import (
     shards_of,
 )
 from index.sources import read_caption_corpus
-from vsepp.cli import add_index_dir, add_log_level, add_model_dir, program, setup_logging
+from vsepp.cli import (
+    add_index_dir,
+    add_log_level,
+    add_model_dir,
+    add_precision,
+    program,
+    setup_logging,
+)
 from vsepp.datasets.args import add_dataset_args, add_split_args, load_split_from_args
 from vsepp.embed import embed_texts
-from vsepp.model_dir import load_encoders, model_facts
+from vsepp.model_dir import load_encoders, model_facts, read_model_manifest
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "nbits, k_factor, niter, train_size, target_recall (0 = choose from the data)",
     )
     p.add_argument("--batch_size", type=int, default=32, help="images per model call")
+    add_precision(p)
     p.add_argument(
         "--copy_images",
         action=argparse.BooleanOptionalAction,
@@ -132,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _build_split(args: argparse.Namespace) -> dict[str, Any]:
     split = load_split_from_args(args, args.imgs_file_path or args.split)
-    encoders = load_encoders(args.model_dir)
+    encoders = load_encoders(args.model_dir, args.precision)
     return build_from_split(
         split,
         encoders,
@@ -160,7 +168,7 @@ def build_collection(args: argparse.Namespace) -> dict[str, Any]:
     """A folder, a list file or ready shards -> shards -> the index directory."""
     shards = shards_of(args)
     if args.from_shards is None:
-        encoders = load_encoders(args.model_dir)
+        encoders = load_encoders(args.model_dir, args.precision)
         require_cosine(encoders.manifest)
         summary = embed_to_shards(
             collection_items(args),
@@ -177,8 +185,10 @@ def build_collection(args: argparse.Namespace) -> dict[str, Any]:
             texts = read_caption_corpus(args.captions)
             write_corpus(shards, texts, embed_texts(encoders, texts))
         facts = model_facts(encoders)
+        model_hash = encoders.model_hash
     else:
         facts = None
+        model_hash = str(read_model_manifest(args.model_dir)["content_hash"])
     manifest = build_from_shards(
         shards,
         args.index_dir,
@@ -189,6 +199,7 @@ def build_collection(args: argparse.Namespace) -> dict[str, Any]:
         recall_queries=args.recall_queries,
         source={"model_dir": str(args.model_dir)},
         extra={"model": facts} if facts else None,
+        expected_model_hash=model_hash,
     )
     if args.from_shards is None and not args.keep_shards:
         shutil.rmtree(shards, ignore_errors=True)

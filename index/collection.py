@@ -18,7 +18,7 @@ import faiss
 import numpy as np
 
 from index.faiss_index import build_index, measure_recall
-from index.shards import read_corpus, read_shards, read_shards_meta
+from index.shards import ShardsError, read_corpus, read_shards, read_shards_meta
 from index.store import (
     CaptionRecord,
     IndexPart,
@@ -191,10 +191,23 @@ class Collected:
     meta: dict[str, Any]
 
 
-def collect_shards(shards_dir: str | os.PathLike[str], *, copy_images: bool) -> Collected:
-    """Read every complete shard (and the corpus); duplicates become aliases of the image
-    they repeat. Holds all vectors: the caller's index needs them anyway."""
+def collect_shards(
+    shards_dir: str | os.PathLike[str],
+    *,
+    copy_images: bool,
+    expected_model_hash: str | None = None,
+) -> Collected:
+    """Read every shard (and the corpus); duplicates become aliases of the image they repeat.
+    Holds all vectors: the caller's index needs them anyway. Shards embedded with another
+    model than `expected_model_hash`, half-written or missing ones are refused."""
     meta = read_shards_meta(shards_dir)
+    if expected_model_hash is not None and meta.get("model_hash") != expected_model_hash:
+        raise ShardsError(
+            f"{shards_dir} was embedded with the model of hash {meta.get('model_hash')!r}, not "
+            f"with this --model_dir's {expected_model_hash!r}: its vectors live in another "
+            "space; embed the images again with this model (or build with the model that "
+            "made them)"
+        )
     dim = int(meta["dim"])
     records: list[dict[str, Any]] = []
     image_vectors, caption_vectors = [empty_vectors(dim)], [empty_vectors(dim)]
@@ -246,10 +259,13 @@ def build_from_shards(
     recall_queries: int = RECALL_QUERIES,
     source: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    expected_model_hash: str | None = None,
 ) -> dict[str, Any]:
     """Write the index directory `out` from the complete shards of `shards_dir`; skipped
     files are listed with their reason in the manifest."""
-    got = collect_shards(shards_dir, copy_images=copy_images)
+    got = collect_shards(
+        shards_dir, copy_images=copy_images, expected_model_hash=expected_model_hash
+    )
     if not got.images:
         first = f" (first: {got.skipped[0]['image_id']}: {got.skipped[0]['reason']})"
         raise ValueError(f"{shards_dir}: no image could be embedded{first if got.skipped else ''}")

@@ -2,7 +2,8 @@
 
 ```
 SHARDS_DIR/
-  shards.json               {"format", "model_hash", "dim", "shard_size", "source"}
+  shards.json               {"format", "model_hash", "dim", "shard_size", "source",
+                              "shards": N once the run is complete}
   shard-00000.npy           float32 [m, D]: the shard's image vectors, row i = images[i]
   shard-00000.captions.npy  float32 [c, D]: its images' own captions, in record order
   shard-00000.json          {"images": [{"image_id", "file", "sha256", "width", "height",
@@ -16,7 +17,8 @@ shards' boundaries depend on the source alone; a build killed at any moment resu
 its last complete shard and ends with the same shards, hence the same index, as one never
 interrupted. Byte-identical files (sha256) are embedded once; the later paths are recorded
 as duplicates of the first. Reading and decoding run in parallel in tf.data; memory holds
-one shard of vectors at a time.
+one shard of vectors at a time. `ShardWriter` is the one writer of a shard, here and in
+`index.beam_pipeline`; `read_shards` refuses a directory that cannot make a whole index.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,11 +88,17 @@ class Summary:
         )
 
 
-def _shard_name(n: int, suffix: str) -> str:
+# Given a file's sha256 and its image id, the id of the first file with those bytes (this
+# one when it is the first): the one rule that makes a duplicate.
+Originals = Callable[[str, str], str]
+
+
+def shard_name(n: int, suffix: str) -> str:
+    """The file name of shard `n` with `suffix` (".npy", ".captions.npy", ".json")."""
     return f"shard-{n:05d}{suffix}"
 
 
-def _prepare(
+def prepare_file(
     path: bytes, max_pixels: int, min_side: int | None
 ) -> tuple[bytes, bytes, int, int, bytes]:
     """(canonical bytes, sha256 of the file, width, height, b"" or the reason it is unusable)."""
@@ -106,7 +114,7 @@ def _prepare(
     return image.data, digest, image.width, image.height, b""
 
 
-def _prepared(
+def prepared(
     items: Iterable[SourceImage], max_pixels: int, min_side: int | None
 ) -> Iterator[tuple[SourceImage, bytes, str, int, int, str]]:
     """The items with their files read and canonicalised, in order, in parallel (tf.data)."""
@@ -129,7 +137,7 @@ def _prepared(
         out = tf.numpy_function(
             lambda p: tuple(
                 np.asarray(v, dtype=object if k in (0, 1, 4) else np.int32)
-                for k, v in enumerate(_prepare(bytes(p), max_pixels, min_side))
+                for k, v in enumerate(prepare_file(bytes(p), max_pixels, min_side))
             ),
             [path],
             [tf.string, tf.string, tf.int32, tf.int32, tf.string],
@@ -151,8 +159,9 @@ def _prepared(
         raise failed[0]
 
 
-class _ShardBuilder:
-    """Collects one shard's images, embeds them in batches and writes the shard."""
+class ShardWriter:
+    """Collects one shard's images, embeds them in batches and writes the shard: the one
+    writer of the layout, used in-process (`embed_to_shards`) and by `index.beam_embed`."""
 
     def __init__(self, encoders: EncodersLike, root: Path, number: int, batch_size: int):
         self.encoders, self.root, self.number, self.batch_size = encoders, root, number, batch_size
@@ -163,7 +172,32 @@ class _ShardBuilder:
         self.seen: list[str] = []
         self._batch: list[tuple[dict[str, Any], bytes]] = []
 
-    def add(self, record: dict[str, Any], data: bytes) -> None:
+    def take(
+        self,
+        item: SourceImage,
+        prepared: tuple[bytes, str, int, int, str],
+        original: Originals,
+    ) -> None:
+        """Account for one source image: skipped, a duplicate, or embedded (batched)."""
+        data, digest, width, height, reason = prepared
+        self.seen.append(item.image_id)
+        if reason:
+            log.warning("skipping image %s (%s): %s", item.image_id, item.path, reason)
+            self.skipped.append({"image_id": item.image_id, "reason": reason})
+            return
+        first = original(digest, item.image_id)
+        if first != item.image_id:
+            self.duplicates.append({"image_id": item.image_id, "of": first})
+            return
+        record = {
+            "image_id": item.image_id,
+            "file": str(item.path),
+            "sha256": digest,
+            "width": width,
+            "height": height,
+            "meta": item.meta,
+            "captions": list(item.captions),
+        }
         self._batch.append((record, data))
         if len(self._batch) >= self.batch_size:
             self.flush()
@@ -187,8 +221,8 @@ class _ShardBuilder:
         vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float32)
         texts = [c for record in self.images for c in record["captions"]]
         captions = embed_texts(self.encoders, texts) if texts else np.zeros((0, dim), np.float32)
-        _save_npy(self.root / _shard_name(self.number, ".npy"), vectors)
-        _save_npy(self.root / _shard_name(self.number, ".captions.npy"), captions)
+        _save_npy(self.root / shard_name(self.number, ".npy"), vectors)
+        _save_npy(self.root / shard_name(self.number, ".captions.npy"), captions)
         body = {
             "images": self.images,
             "seen": self.seen,
@@ -196,7 +230,7 @@ class _ShardBuilder:
             "duplicates": self.duplicates,
         }
         # Written last: a shard with its .json is complete.
-        path = self.root / _shard_name(self.number, ".json")
+        path = self.root / shard_name(self.number, ".json")
         write_json_atomic(path, body, indent=None, ascii_only=True)
         return Shard(
             self.number, vectors, captions, self.images, self.skipped, self.duplicates, self.seen
@@ -209,14 +243,20 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     write_bytes_atomic(path, buffer.getvalue())
 
 
-def _start(
-    root: Path, encoders: EncodersLike, shard_size: int, source: dict[str, Any], resume: bool
+def start_shards(
+    root: Path,
+    model_hash: str,
+    dim: int,
+    shard_size: int,
+    source: dict[str, Any],
+    resume: bool,
 ) -> list[Shard]:
-    """Prepare `root` for a run; the complete shards a resumed run keeps."""
+    """Prepare `root` for a run (writing shards.json); the complete shards a resumed run
+    keeps, after removing what a killed run left half written."""
     meta = {
         "format": FORMAT,
-        "model_hash": encoders.model_hash,
-        "dim": int(encoders.embed_dim),
+        "model_hash": model_hash,
+        "dim": int(dim),
         "shard_size": shard_size,
         "source": source,
     }
@@ -236,12 +276,14 @@ def _start(
                     f"{root} was made with another {key} ({old.get(key)!r}, now {meta[key]!r}); "
                     "remove it or point --shards_dir elsewhere"
                 )
-        shards = list(read_shards(root))
         # What a killed run left half written goes; its complete shards stay.
         for p in root.glob("shard-*"):
-            n = int(p.name[6:11])
-            if not (root / _shard_name(n, ".json")).is_file():
+            n = _number(p)
+            if n is not None and not (root / shard_name(n, ".json")).is_file():
                 p.unlink()
+        shards = list(read_shards(root, gaps=True))
+        if "shards" in old:  # the count of a finished run no longer holds once it goes on
+            write_json_atomic(root / META, meta)
         log.info("resuming after %d complete shards in %s", len(shards), root)
         return shards
     root.mkdir(parents=True, exist_ok=True)
@@ -266,7 +308,15 @@ def embed_to_shards(
     root = Path(shards_dir)
     started = time.perf_counter()
     fresh = not root.exists()
-    done = _start(root, encoders, shard_size, source, resume)
+    done = start_shards(
+        root, encoders.model_hash, int(encoders.embed_dim), shard_size, source, resume
+    )
+    if [s.number for s in done] != list(range(len(done))):
+        missing = min(set(range(len(done))) - {s.number for s in done})
+        raise ShardsError(
+            f"{root}: shard {missing} is missing before later complete ones (shards written "
+            "out of order, as index.beam_embed does): go on with that program"
+        )
     try:
         summary = _embed(items, encoders, root, done, shard_size, batch_size, max_pixels)
     except (ValueError, OSError):
@@ -274,6 +324,7 @@ def embed_to_shards(
         if fresh:
             shutil.rmtree(root, ignore_errors=True)
         raise
+    finish_shards(root, summary.shards)
     summary.seconds = time.perf_counter() - started
     log.info("%s: %s", root, summary.line())
     return summary
@@ -295,41 +346,24 @@ def _embed(
         seen.update(shard.seen)
         first_of.update({r["sha256"]: r["image_id"] for r in shard.images})
     todo = (item for item in items if item.image_id not in seen)
-    builder = _ShardBuilder(encoders, root, len(done), batch_size)
+    builder = ShardWriter(encoders, root, len(done), batch_size)
     with tqdm(desc="images", unit="img", disable=None) as bar:
-        for item, data, digest, width, height, reason in _prepared(
-            todo, max_pixels, jpeg_min_side(encoders.manifest)
-        ):
-            builder.seen.append(item.image_id)
-            if reason:
-                log.warning("skipping image %s (%s): %s", item.image_id, item.path, reason)
-                builder.skipped.append({"image_id": item.image_id, "reason": reason})
-            elif digest in first_of:
-                builder.duplicates.append({"image_id": item.image_id, "of": first_of[digest]})
-            else:
-                first_of[digest] = item.image_id
-                record = {
-                    "image_id": item.image_id,
-                    "file": str(item.path),
-                    "sha256": digest,
-                    "width": width,
-                    "height": height,
-                    "meta": item.meta,
-                    "captions": list(item.captions),
-                }
-                builder.add(record, data)
+        min_side = jpeg_min_side(encoders.manifest)
+        for item, data, digest, width, height, reason in prepared(todo, max_pixels, min_side):
+            builder.take(item, (data, digest, width, height, reason), first_of.setdefault)
             bar.update(1)
             if len(builder.seen) >= shard_size:
-                _count(summary, builder.write())
-                builder = _ShardBuilder(encoders, root, builder.number + 1, batch_size)
+                count_shard(summary, builder.write())
+                builder = ShardWriter(encoders, root, builder.number + 1, batch_size)
         if builder.seen:
-            _count(summary, builder.write())
+            count_shard(summary, builder.write())
     for shard in done:
-        _count(summary, shard, resumed=True)
+        count_shard(summary, shard, resumed=True)
     return summary
 
 
-def _count(summary: Summary, shard: Shard, *, resumed: bool = False) -> None:
+def count_shard(summary: Summary, shard: Shard, *, resumed: bool = False) -> None:
+    """Add what `shard` holds to `summary`."""
     summary.indexed += len(shard.images)
     summary.duplicates += len(shard.duplicates)
     summary.skipped.update(s["reason"].split(":", 1)[0] for s in shard.skipped)
@@ -337,17 +371,88 @@ def _count(summary: Summary, shard: Shard, *, resumed: bool = False) -> None:
         summary.shards += 1
 
 
-def read_shards(shards_dir: str | os.PathLike[str]) -> Iterator[Shard]:
-    """The complete shards of `shards_dir`, in order (vectors memory-mapped)."""
+def finish_shards(root: Path, count: int) -> None:
+    """Record in shards.json that the run is complete with `count` shards, so a reader can
+    tell a missing last shard from the end."""
+    meta = read_shards_meta(root)
+    write_json_atomic(root / META, {**meta, "shards": count})
+
+
+def _number(path: Path) -> int | None:
+    """The shard number of a shard file's name, or None for another file."""
+    digits = path.name[6:11]
+    return int(digits) if path.name.startswith("shard-") and digits.isdigit() else None
+
+
+def _check_complete(root: Path, numbers: list[int], meta: dict[str, Any]) -> None:
+    """Refuse half-written shards and gaps in the sequence, naming the shard file."""
+    for p in sorted(root.glob("shard-*")):
+        n = _number(p)
+        if n is not None and n not in numbers:
+            raise ShardsError(
+                f"{p}: half-written shard ({shard_name(n, '.json')}, written last, is missing): "
+                "the run that wrote it did not finish; go on with it (--resume) first"
+            )
+    count = meta.get("shards", max(numbers, default=-1) + 1)
+    for n in range(count):
+        if n not in numbers:
+            raise ShardsError(
+                f"{root / shard_name(n, '.json')}: shard {n} of {count} is missing "
+                f"({len(numbers)} complete shards there)"
+            )
+    if len(numbers) > count:
+        raise ShardsError(f"{root / META} says {count} shards, {len(numbers)} are there")
+
+
+def _read_body(path: Path) -> dict[str, Any]:
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ShardsError(f"{path}: not a readable shard file ({e})") from e
+    keys = ("images", "seen", "skipped", "duplicates")
+    if not isinstance(body, dict) or not all(isinstance(body.get(k), list) for k in keys):
+        raise ShardsError(f"{path}: expected an object with the lists {', '.join(keys)}")
+    return body
+
+
+def _load_rows(path: Path, rows: int, dim: int, what: str) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise ShardsError(f"{path}: cannot read the {what} ({e})") from e
+    if array.shape != (rows, dim):
+        raise ShardsError(
+            f"{path}: shape {array.shape}, expected ({rows}, {dim}): its .json lists {rows} "
+            f"{what} and shards.json says dim {dim}"
+        )
+    return array
+
+
+def read_shards(shards_dir: str | os.PathLike[str], *, gaps: bool = False) -> Iterator[Shard]:
+    """The complete shards of `shards_dir`, in order (vectors memory-mapped).
+
+    A half-written shard, a gap in the sequence (or a missing last shard, when shards.json
+    has the count), rows that do not match the shard's .json, or a shard of another size
+    are refused, naming the file. `gaps` (a run going on) passes over what is missing.
+    """
     root = Path(shards_dir)
-    numbers = sorted(int(p.name[6:11]) for p in root.glob("shard-*.json"))
+    meta = read_shards_meta(root)
+    dim, size = int(meta["dim"]), int(meta["shard_size"])
+    numbers = sorted(n for p in root.glob("shard-*.json") if (n := _number(p)) is not None)
+    if not gaps:
+        _check_complete(root, numbers, meta)
     for n in numbers:
-        body = json.loads((root / _shard_name(n, ".json")).read_text(encoding="utf-8"))
-        vectors = np.load(root / _shard_name(n, ".npy"), mmap_mode="r")
-        captions = np.load(root / _shard_name(n, ".captions.npy"), mmap_mode="r")
-        if len(vectors) != len(body["images"]):
-            raise ShardsError(f"{root / _shard_name(n, '.npy')}: {len(vectors)} vectors for "
-                              f"{len(body['images'])} images")  # fmt: skip
+        path = root / shard_name(n, ".json")
+        body = _read_body(path)
+        last = n == numbers[-1]
+        if len(body["seen"]) > size or (not last and not gaps and len(body["seen"]) != size):
+            raise ShardsError(
+                f"{path}: {len(body['seen'])} source images, the shards hold {size} each "
+                "(shard_size in shards.json)"
+            )
+        vectors = _load_rows(root / shard_name(n, ".npy"), len(body["images"]), dim, "images")
+        n_captions = sum(len(r.get("captions", ())) for r in body["images"])
+        captions = _load_rows(root / shard_name(n, ".captions.npy"), n_captions, dim, "captions")
         yield Shard(
             n, vectors, captions, body["images"], body["skipped"], body["duplicates"], body["seen"]
         )

@@ -17,7 +17,18 @@ from vsepp.images import DEFAULT_MAX_PIXELS
 
 def add_collection_args(p: argparse.ArgumentParser) -> None:
     """--images_dir, --list, --captions, --from_shards and the shard flags."""
-    g = p.add_argument_group("your own images (instead of a dataset split)")
+    g = add_own_source_args(p, "your own images (instead of a dataset split)")
+    g.add_argument("--from_shards", type=Path, help="index shards made earlier (or elsewhere)")
+    g.add_argument(
+        "--shards_dir", type=Path, help="where the shards go (default: INDEX_DIR.shards)"
+    )
+    g.add_argument("--keep_shards", action="store_true", help="keep the shards after the build")
+
+
+def add_own_source_args(p: argparse.ArgumentParser, title: str) -> argparse._ArgumentGroup:
+    """--images_dir, --list, --captions, --resume, --shard_size and --max_image_pixels: the
+    flags of every program that embeds a folder or a list into shards (its group)."""
+    g = p.add_argument_group(title)
     g.add_argument("--images_dir", type=Path, help="every image under this folder, recursively")
     g.add_argument(
         "--list",
@@ -31,21 +42,17 @@ def add_collection_args(p: argparse.ArgumentParser) -> None:
         help="captions tied to no image (JSONL, plain text or a token file), for "
         "image-to-caption search",
     )
-    g.add_argument("--from_shards", type=Path, help="index shards made earlier (or elsewhere)")
     g.add_argument(
-        "--shards_dir", type=Path, help="where the shards go (default: INDEX_DIR.shards)"
-    )
-    g.add_argument(
-        "--resume", action="store_true", help="go on from the last complete shard of a killed run"
+        "--resume", action="store_true", help="go on from the complete shards of a killed run"
     )
     g.add_argument("--shard_size", type=int, default=SHARD_SIZE, help="images per shard")
-    g.add_argument("--keep_shards", action="store_true", help="keep the shards after the build")
     g.add_argument(
         "--max_image_pixels",
         type=int,
         default=DEFAULT_MAX_PIXELS,
         help="larger images are skipped as decompression bombs",
     )
+    return g
 
 
 def check_source_args(

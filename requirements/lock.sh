@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make lock`: pin, with hashes, the versions that pyproject.toml's ranges resolve to today.
 #
-#   requirements/lock.txt        the project with its dev extra, for Python 3.11 to 3.13 on
+#   requirements/lock.txt        the project with its dev and beam extras, for Python 3.11 to 3.13 on
 #                                any platform: what `make test` ran with when it was made
 #                                (pip install --require-hashes -r requirements/lock.txt)
 #   requirements/image.lock.txt  the serving image's dependencies (Dockerfile): the same pins,
@@ -18,7 +18,7 @@ PYTHON=${PYTHON:-python3}
 compile=("$UV" pip compile --quiet --universal --python-version 3.11 --generate-hashes
     --custom-compile-command "make lock")
 
-"${compile[@]}" pyproject.toml --extra dev -o requirements/lock.txt
+"${compile[@]}" pyproject.toml --extra dev --extra beam -o requirements/lock.txt
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -52,7 +52,9 @@ def _flickr(root: Path, n: int, bad: dict[int, bytes] | None = None) -> dict[str
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeEncoders:
     encoders = FakeEncoders()
     for module in (build, add, query):
-        monkeypatch.setattr(module, "load_encoders", lambda model_dir: encoders)
+        monkeypatch.setattr(
+            module, "load_encoders", lambda model_dir, precision="float32": encoders
+        )
     return encoders
 
 

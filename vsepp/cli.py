@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from vsepp.precision import PRECISIONS
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Exit status of a run refused for its input (argparse uses the same for bad flags).
@@ -32,6 +34,17 @@ def add_log_level(p: argparse.ArgumentParser, default: str = "INFO") -> None:
 def add_model_dir(p: argparse.ArgumentParser, *aliases: str, help: str) -> None:
     """--model_dir (plus the program's older spellings, kept as aliases)."""
     p.add_argument("--model_dir", *aliases, dest="model_dir", required=True, help=help)
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """--precision of the image encoder, the same in every program that embeds."""
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="bfloat16: the image encoder's convolutions and matrix products in bfloat16 "
+        "(fast on CPUs with AVX512_BF16 or AMX, emulated and slower elsewhere)",
+    )
 
 
 def add_index_dir(p: argparse.ArgumentParser, *aliases: str, help: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vsepp.images import ImageFileError, canonical_image_bytes
+from vsepp.precision import bfloat16_function, check_precision, native_bfloat16
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,19 @@ class EncodersLike(Protocol):
 
 
 class Encoders:
-    """The exported image and text encoders of one model directory."""
+    """The exported image and text encoders of one model directory.
 
-    def __init__(self, model_dir: str | os.PathLike[str]) -> None:
+    `precision` "bfloat16" runs the image encoder's convolutions and matrix products in
+    bfloat16 (`vsepp.precision`); the text encoder, a small share of the work, stays float32.
+    The vectors are float32 either way.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], precision: str = "float32") -> None:
         import tensorflow as tf  # imported here so that reading a manifest stays light
 
+        check_precision(precision)
         self._tf = tf
+        self.precision = precision
         self.model_dir = Path(model_dir)
         self.manifest = read_model_manifest(self.model_dir)
         export = self.model_dir / self.manifest["export"]
@@ -61,6 +69,16 @@ class Encoders:
         self.jpeg_min_side = jpeg_min_side(self.manifest)
         self._image = tf.saved_model.load(str(export / "image_encoder"))
         self._text = tf.saved_model.load(str(export / "text_encoder"))
+        self._encode_bytes: Any = self._image.encode_bytes
+        self._encode_array: Any = self._image.encode_array
+        if precision == "bfloat16":
+            if not native_bfloat16():
+                log.warning(
+                    "this CPU has no AVX512_BF16 or AMX: bfloat16 is emulated here and slower "
+                    "than float32"
+                )
+            self._encode_bytes = bfloat16_function(self._encode_bytes.get_concrete_function())
+            self._encode_array = bfloat16_function(self._encode_array.get_concrete_function())
 
     def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(embeddings float32 [n, D], number of in-vocabulary words int32 [n])."""
@@ -85,7 +103,7 @@ class Encoders:
             except ImageFileError as e:
                 raise ImageFileError(e.reason, _nth(i, len(blobs), str(e))) from e
         try:
-            out = self._image.encode_bytes(self._tf.constant(canonical, dtype=self._tf.string))
+            out = self._encode_bytes(self._tf.constant(canonical, dtype=self._tf.string))
         except self._tf.errors.InvalidArgumentError as e:
             # TensorFlow's decoder found a truncated or corrupt JPEG/PNG body.
             # TensorFlow's message is a traceback; the decoder's own words say what broke.
@@ -103,7 +121,7 @@ class Encoders:
             raise ValueError(f"expected uint8 images [n, H, W, 3], got {arr.dtype} {arr.shape}")
         if arr.shape[0] == 0:
             return np.zeros((0, self.embed_dim), np.float32)
-        return np.asarray(self._image.encode_array(self._tf.constant(arr)).numpy(), np.float32)
+        return np.asarray(self._encode_array(self._tf.constant(arr)).numpy(), np.float32)
 
 
 def jpeg_min_side(manifest: dict[str, Any]) -> int | None:
@@ -124,6 +142,7 @@ def model_facts(encoders: EncodersLike) -> dict[str, Any]:
         "cnn": manifest.get("cnn"),
         "vocab_size": manifest.get("text", {}).get("vocab_size"),
         "image_size": manifest.get("image", {}).get("image_size"),
+        "precision": getattr(encoders, "precision", "float32"),
     }
 
 
@@ -160,6 +179,6 @@ def hash_tree(root: Path) -> str:
     return h.hexdigest()
 
 
-def load_encoders(model_dir: str | os.PathLike[str]) -> Encoders:
-    """Load the exported encoders of `model_dir`."""
-    return Encoders(model_dir)
+def load_encoders(model_dir: str | os.PathLike[str], precision: str = "float32") -> Encoders:
+    """Load the exported encoders of `model_dir` (image encoder in `precision`)."""
+    return Encoders(model_dir, precision)
