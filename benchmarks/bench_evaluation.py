@@ -145,6 +145,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--original_only", action="store_true", help="only the table against the original"
     )
     parser.add_argument(
+        "--sets", default="1K,5K", help="which of 1K, 5K to run (comma-separated; not --quick)"
+    )
+    parser.add_argument(
         "--original_repeat", type=int, default=1, help="runs of the original (best of N)"
     )
     parser.add_argument(
@@ -158,7 +161,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = [("quick", 100), ("quick", 500)] if args.quick else [("1K", 1000), ("5K", 5000)]
+    sets = [s for s in args.sets.split(",") if s]
+    sizes = [(k, n) for k, n in (("1K", 1000), ("5K", 5000)) if k in sets]
+    if args.quick:
+        sizes = [("quick", 100), ("quick", 500)]
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     print(f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores ({affinity} usable)")
     print(

@@ -461,12 +461,9 @@ def _ranks(
     """both_ranks on validated arrays (float32 or float64)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    if precision == "auto":
-        # One float64 matrix within the budget is as fast as mixed precision there
-        # (benchmarks/README.md); over it, mixed precision saves the second product.
-        fits = ims.shape[0] * caps.shape[0] * _BYTES_PER_SCORE <= max_bytes // 2
-        precision = "float64" if fits else "mixed"
-    if measure == "cosine" and precision == "mixed":
+    # Mixed precision is faster than the float64 path at 1K and 5K alike
+    # (benchmarks/README.md), so "auto" takes it for cosine; order scores are float64.
+    if measure == "cosine" and precision in ("auto", "mixed"):
         return _both_ranks_mixed(ims, caps, max_bytes)
     ims, caps = np.asarray(ims, dtype=np.float64), np.asarray(caps, dtype=np.float64)
     return _both_ranks(ims, caps, measure, max_bytes)
@@ -527,11 +524,13 @@ def evaluate(
     With ``precision="mixed"`` cosine ranks are scored in float32 and re-scored in float64
     only where float32's error bound cannot separate a key from the query's positive: the
     ranks of the float64 scores (``precision="float64"``, the original's arithmetic) with
-    one float32 product for both directions. ``"auto"`` (the default) takes float64 when
-    its score matrix fits in ``max_bytes`` and mixed precision above. Re-scores are single
-    float64 dot products, so a key whose float64 score differs from the positive's by less than
-    float64's own rounding (~1e-16) could in principle order differently from a BLAS
-    product; exact ties (duplicate vectors) give equal scores either way.
+    one float32 product for both directions. ``"auto"`` (the default) is mixed for cosine and
+    float64 for order. Re-scores are single float64 dot products, so a key whose float64
+    score differs from the positive's by less than float64's own rounding (~1e-16) can order
+    differently from a BLAS product. Exact copies of a vector always score alike in a
+    re-score; in a BLAS product they need not (the last bit can depend on the row's place in
+    the kernel's tiles), so with duplicate vectors the float64 path's tie rule can break where
+    mixed precision's holds (tests/test_evaluation.py has such a set).
 
     With ``fold5`` (COCO's protocol; needs N divisible by 5) it adds ``"folds"``, the five
     consecutive N/5-image folds (1K each on the 5K test set) each evaluated on its own, and
