@@ -3,8 +3,9 @@
 Same numbers as ``i2t``/``t2i`` in fartashf/vsepp ``evaluation.py``, without a Python loop
 per query, and with the score matrix built in row chunks so that the 5K test set
 (5,000 x 25,000 scores) never holds more than ``max_bytes`` (200 MB) of scores, masks and
-order-measure temporaries at once. The inputs are converted to float64 on top of that (the
-5K captions at D=1024 are 200 MB), so expect a peak of about 370 MB there.
+order-measure temporaries at once. The float64 path converts the inputs to float64 on top
+of that (the 5K captions at D=1024 are 200 MB, a peak of about 370 MB there); the default,
+mixed precision for cosine, keeps float32 input as it is and scores in blocks of 8 MB.
 
 Layout: ``images`` [N, D] holds each image ONCE (the original repeats each 5 times) and
 ``captions`` [5N, D] gives image i the rows 5i..5i+4. ``scores[i, j] = sim(image i,
