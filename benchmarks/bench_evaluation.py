@@ -76,12 +76,19 @@ def naive_t2i(images: np.ndarray, captions: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def make_embeddings(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalised float32 pairs, captions noisy copies of their image (recalls ~50%)."""
+def make_embeddings(
+    n: int, dim: int, seed: int = 0, noise: float = 2.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised float32 pairs, captions noisy copies of their image.
+
+    At D=1024 and the default noise every positive is far above the rest (R@1 = 100 % at
+    1K): fine for timing, too easy for a check of ranks; noise 10 gives R@1 84 % i2t and
+    49 % t2i at 1K.
+    """
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((n, dim), dtype=np.float32)
-    noise = rng.standard_normal((CAPTIONS_PER_IMAGE * n, dim), dtype=np.float32)
-    captions = np.repeat(images, CAPTIONS_PER_IMAGE, axis=0) + 2.5 * noise
+    gauss = rng.standard_normal((CAPTIONS_PER_IMAGE * n, dim), dtype=np.float32)
+    captions = np.repeat(images, CAPTIONS_PER_IMAGE, axis=0) + noise * gauss
     images /= np.linalg.norm(images, axis=1, keepdims=True)
     captions /= np.linalg.norm(captions, axis=1, keepdims=True)
     return images, captions
@@ -143,6 +150,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--original_only", action="store_true", help="only the table against the original"
+    )
+    parser.add_argument(
+        "--noise", type=float, default=2.5, help="caption noise (10: non-trivial ranks)"
     )
     parser.add_argument(
         "--sets", default="1K,5K", help="which of 1K, 5K to run (comma-separated; not --quick)"
@@ -302,7 +312,7 @@ def original_table(sizes: list[tuple[str, int]], args: argparse.Namespace) -> No
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
     versions = ""
     for label, n in sizes:
-        images, captions = make_embeddings(n, args.dim)
+        images, captions = make_embeddings(n, args.dim, noise=args.noise)
 
         def ours(ims: np.ndarray = images, caps: np.ndarray = captions) -> object:
             return evaluate(ims, caps, max_bytes=args.max_bytes)
