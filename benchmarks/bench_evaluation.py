@@ -2,6 +2,8 @@
 
     python benchmarks/bench_evaluation.py            # 1K and 5K at D=1024 (naive 5K: minutes)
     python benchmarks/bench_evaluation.py --quick    # small sizes, seconds
+    python benchmarks/bench_evaluation.py --original_only \
+        --vsepp_checkout /tmp/vsepp-orig --torch_python /work/torch-venv/bin/python
 
 Prints a markdown table: wall time of ``vsepp.evaluation.evaluate`` (both directions and
 the metrics) and of a transcription of fartashf/vsepp's ``i2t``/``t2i`` loops on the same
@@ -12,13 +14,22 @@ mixed-precision evaluation (float32 scores, float64 re-scores of what float32 ca
 separate) against the float64 path (``precision="float64"``) and the bare score products
 ``images @ captions.T`` in float32 and float64, and checks the mixed ranks equal the
 float64 ones.
+
+A third table (with ``--vsepp_checkout`` and ``--torch_python``; ``--original_only`` prints it
+alone) runs the original's own ``i2t`` and ``t2i`` (fartashf/vsepp ``evaluation.py``, float64)
+on the same embeddings in a child process of that interpreter (``original_evaluation.py``:
+the checkout is read, not copied), times them against ours and the bare float32 product in
+the same run, and checks that the per-query ranks and the R@K/medr/meanr tuples are identical.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -32,8 +43,11 @@ from vsepp.evaluation import (
     both_ranks,
     evaluate,
     i2t_ranks,
+    recall_metrics,
     t2i_ranks,
 )
+
+ORIGINAL_SCRIPT = Path(__file__).resolve().with_name("original_evaluation.py")
 
 
 def naive_i2t(images: np.ndarray, captions: np.ndarray) -> np.ndarray:
@@ -62,12 +76,19 @@ def naive_t2i(images: np.ndarray, captions: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def make_embeddings(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """L2-normalised float32 pairs, captions noisy copies of their image (recalls ~50%)."""
+def make_embeddings(
+    n: int, dim: int, seed: int = 0, noise: float = 2.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """L2-normalised float32 pairs, captions noisy copies of their image.
+
+    At D=1024 and the default noise every positive is far above the rest (R@1 = 100 % at
+    1K): fine for timing, too easy for a check of ranks; noise 10 gives R@1 84 % i2t and
+    49 % t2i at 1K.
+    """
     rng = np.random.default_rng(seed)
     images = rng.standard_normal((n, dim), dtype=np.float32)
-    noise = rng.standard_normal((CAPTIONS_PER_IMAGE * n, dim), dtype=np.float32)
-    captions = np.repeat(images, CAPTIONS_PER_IMAGE, axis=0) + 2.5 * noise
+    gauss = rng.standard_normal((CAPTIONS_PER_IMAGE * n, dim), dtype=np.float32)
+    captions = np.repeat(images, CAPTIONS_PER_IMAGE, axis=0) + noise * gauss
     images /= np.linalg.norm(images, axis=1, keepdims=True)
     captions /= np.linalg.norm(captions, axis=1, keepdims=True)
     return images, captions
@@ -117,6 +138,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--precision_only", action="store_true", help="only the mixed-precision table"
     )
     parser.add_argument(
+        "--vsepp_checkout",
+        type=Path,
+        default=None,
+        help="a fartashf/vsepp tree: time its own i2t/t2i beside ours (needs --torch_python)",
+    )
+    parser.add_argument(
+        "--torch_python",
+        default="",
+        help="interpreter with torch 2.13.0 and numpy that runs the original's code",
+    )
+    parser.add_argument(
+        "--original_only", action="store_true", help="only the table against the original"
+    )
+    parser.add_argument(
+        "--noise", type=float, default=2.5, help="caption noise (10: non-trivial ranks)"
+    )
+    parser.add_argument(
+        "--sets", default="1K,5K", help="which of 1K, 5K to run (comma-separated; not --quick)"
+    )
+    parser.add_argument(
+        "--original_repeat", type=int, default=1, help="runs of the original (best of N)"
+    )
+    parser.add_argument(
         "--max_bytes",
         type=int,
         default=DEFAULT_MAX_BYTES,
@@ -127,16 +171,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    sizes = [("quick", 100), ("quick", 500)] if args.quick else [("1K", 1000), ("5K", 5000)]
+    sets = [s for s in args.sets.split(",") if s]
+    sizes = [(k, n) for k, n in (("1K", 1000), ("5K", 5000)) if k in sets]
+    if args.quick:
+        sizes = [("quick", 100), ("quick", 500)]
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     print(f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores ({affinity} usable)")
     print(
         f"- numpy {np.__version__}, Python {platform.python_version()}, D={args.dim}, "
         f"float64 scores, chunk budget {args.max_bytes / 2**20:.0f} MB"
     )
+    print(f"- load average at start: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
+    if (args.original_only or args.vsepp_checkout) and not (
+        args.vsepp_checkout and args.torch_python
+    ):
+        raise SystemExit("the original's table needs both --vsepp_checkout and --torch_python")
     if args.precision_only:
         precision_table(sizes, args)
+        return 0
+    if args.original_only:
+        original_table(sizes, args)
         return 0
     print(
         "| protocol | images / captions | vectorised (s) | naive loop (s) | speed-up "
@@ -180,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print()
     precision_table(sizes, args)
+    if args.vsepp_checkout:
+        print()
+        original_table(sizes, args)
     return 0
 
 
@@ -206,7 +264,7 @@ def precision_table(sizes: list[tuple[str, int]], args: argparse.Namespace) -> N
         def product64(ims: np.ndarray = ims64, caps: np.ndarray = caps64) -> object:
             return ims @ caps.T
 
-        times = {}
+        times: dict[str, float] = {}
         for _ in range(args.repeat):  # interleaved, so load changes fall on all four
             for name, fn in (("mixed", mixed), ("exact", exact), ("p32", product32),
                              ("p64", product64)):  # fmt: skip
@@ -218,6 +276,87 @@ def precision_table(sizes: list[tuple[str, int]], args: argparse.Namespace) -> N
             f"| {times['p64']:.3f} | {times['mixed'] / times['p32']:.2f}x "
             f"| {times['exact'] / times['mixed']:.2f}x | {'yes' if same else 'NO'} |"
         )
+
+
+def run_original(
+    images: np.ndarray, captions: np.ndarray, args: argparse.Namespace
+) -> dict[str, object]:
+    """The original's i2t and t2i in a child of ``--torch_python``: times, metrics, ranks."""
+    with tempfile.TemporaryDirectory() as tmp:
+        emb, out = Path(tmp) / "emb.npz", Path(tmp) / "ranks.npz"
+        np.savez(emb, images=images, captions=captions)
+        cmd = [args.torch_python, str(ORIGINAL_SCRIPT), "--checkout", str(args.vsepp_checkout)]
+        cmd += ["--embeddings", str(emb), "--ranks_out", str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+        if proc.returncode:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            raise SystemExit(f"the original's evaluation failed ({proc.returncode}): {tail}")
+        result: dict[str, object] = json.loads(proc.stdout.strip().splitlines()[-1])
+        with np.load(out) as ranks:
+            result["i2t_ranks"], result["t2i_ranks"] = ranks["i2t"], ranks["t2i"]
+    return result
+
+
+def metrics_tuple(ranks: np.ndarray) -> list[float]:
+    m = recall_metrics(ranks)
+    return [m["r1"], m["r5"], m["r10"], m["medr"], m["meanr"]]
+
+
+def original_table(sizes: list[tuple[str, int]], args: argparse.Namespace) -> None:
+    """The original's own i2t+t2i against ours and the bare float32 product, same run."""
+    print(
+        "| set | original i2t+t2i (s) | ours (s) | original / ours | ours mixed (s) "
+        "| original / mixed | float32 product (s) | mixed / float32 product "
+        "| ranks identical | R@K, medr, meanr identical |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    versions = ""
+    for label, n in sizes:
+        images, captions = make_embeddings(n, args.dim, noise=args.noise)
+
+        def ours(ims: np.ndarray = images, caps: np.ndarray = captions) -> object:
+            return evaluate(ims, caps, max_bytes=args.max_bytes)
+
+        def mixed(ims: np.ndarray = images, caps: np.ndarray = captions) -> object:
+            return evaluate(ims, caps, max_bytes=args.max_bytes, precision="mixed")
+
+        def product32(ims: np.ndarray = images, caps: np.ndarray = captions) -> object:
+            return ims @ caps.T
+
+        fns = {"ours": ours, "mixed": mixed, "p32": product32}
+        times: dict[str, float] = {}
+        original_s = float("inf")
+        original: dict[str, object] = {}
+        # Ours before and after each run of the original, so load changes fall on both.
+        rounds = max(args.repeat, args.original_repeat + 1)
+        for r in range(rounds):
+            for name, fn in fns.items():
+                times[name] = min(times.get(name, float("inf")), best_time(fn, 1))
+            if r < args.original_repeat:
+                original = run_original(images, captions, args)
+                original_s = min(original_s, float(original["i2t_s"]) + float(original["t2i_s"]))  # type: ignore[arg-type]
+        i2t, t2i = both_ranks(images, captions, max_bytes=args.max_bytes)
+        same_ranks = np.array_equal(i2t, original["i2t_ranks"]) and np.array_equal(  # type: ignore[arg-type]
+            t2i,
+            original["t2i_ranks"],  # type: ignore[arg-type]
+        )
+        same_metrics = (
+            metrics_tuple(i2t) == original["i2t_metrics"]
+            and metrics_tuple(t2i) == original["t2i_metrics"]
+        )
+        versions = (
+            f"original run by Python {original['python']}, torch {original['torch']}, "
+            f"numpy {original['numpy']}"
+        )
+        print(
+            f"| {label} | {original_s:.3f} | {times['ours']:.3f} "
+            f"| {original_s / times['ours']:.1f}x | {times['mixed']:.3f} "
+            f"| {original_s / times['mixed']:.1f}x | {times['p32']:.3f} "
+            f"| {times['mixed'] / times['p32']:.2f}x | {'yes' if same_ranks else 'NO'} "
+            f"| {'yes' if same_metrics else 'NO'} |"
+        )
+    print()
+    print(f"- {versions}; load average at end: {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

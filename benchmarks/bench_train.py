@@ -610,7 +610,13 @@ def render(report: dict[str, Any]) -> str:
         f"- {dt.datetime.fromisoformat(report['date']):%Y-%m-%d %H:%M %Z}; CPU: {info['cpu']}, "
         f"{info['logical_cores']} logical cores ({info['usable_cores']} usable); flags: "
         f"{flags}; bfloat16 variants "
-        + ("run (native AVX512_BF16)" if bf16_ok else "skipped (no AVX512_BF16/AMX)"),
+        + (
+            "run (native AVX512_BF16)"
+            if bf16_ok
+            else "run EMULATED (no AVX512_BF16/AMX; --force_bf16)"
+            if report.get("force_bf16")
+            else "skipped (no AVX512_BF16/AMX)"
+        ),
         f"- TensorFlow {versions['tensorflow']} ({threads} intra-/inter-op threads), Keras "
         f"{versions['keras']}, numpy {info['numpy']}; "
         + (
@@ -805,6 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_at_start": load_at_start,
         "load_at_end": load_at_end,
         "torch_error": torch_error,
+        "force_bf16": args.force_bf16,
         "quiet_rounds": quiet_rounds(rows, sizes.threads),
         "rows": rows,
     }

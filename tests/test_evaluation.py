@@ -380,6 +380,56 @@ def test_near_ties_defeat_float32_alone() -> None:
     np.testing.assert_array_equal(got[1], want[1])
 
 
+@pytest.mark.parametrize(("rows", "words"), [(1, 1), (7, 3), (255, 255), (256, 255), (600, 2)])
+def test_mask_counts_by_words_equal_count_nonzero(rows: int, words: int) -> None:
+    """The uint64-lane counts at their limits: 255 words a row, more than 255 rows, all True."""
+    from vsepp.evaluation import _column_counts, _row_counts
+
+    rng = np.random.default_rng(rows * 1000 + words)
+    for mask in (rng.random((rows, 8 * words)) < 0.3, np.ones((rows, 8 * words), dtype=bool)):
+        np.testing.assert_array_equal(_row_counts(mask), np.count_nonzero(mask, axis=1))
+        np.testing.assert_array_equal(_column_counts(mask), np.count_nonzero(mask, axis=0))
+
+
+def tie_rule_ranks(images: np.ndarray, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks by the documented tie rule (stable sort, reversed) of float64 scores made pair by
+    pair (einsum's own loop, not BLAS), so that exact copies of a vector score exactly alike."""
+    scores = np.einsum("id,jd->ij", images.astype(np.float64), captions.astype(np.float64))
+    i2t = np.array(
+        [
+            np.flatnonzero(np.argsort(row, kind="stable")[::-1] // 5 == i)[0]
+            for i, row in enumerate(scores)
+        ]
+    )
+    t2i = np.array(
+        [
+            np.flatnonzero(np.argsort(col, kind="stable")[::-1] == j // 5)[0]
+            for j, col in enumerate(scores.T)
+        ]
+    )
+    return i2t, t2i
+
+
+def test_mixed_precision_blocks_span_rows_and_columns() -> None:
+    """More captions than a block's columns and images than its rows, a narrower last block
+    (padding), near ties and exact copies, float64 and float32 input: the tie rule's ranks.
+
+    The reference scores pair by pair: a BLAS product can score two exact copies of an
+    image differently in the last bit (it does on this set: image 322, a copy of image 1,
+    in ``images @ captions.T``), which breaks their tie for the float64 path.
+    """
+    from vsepp.evaluation import both_ranks
+
+    images, captions = near_tie_pairs(430, 16, 16, 1e-4)
+    for ims, caps in ((images, captions), (images.astype(np.float32), captions.astype(np.float32))):
+        want = tie_rule_ranks(ims, caps)
+        # 2,150 captions: a block of 2,040 columns and one of 110; 7 or all 430 rows a block.
+        for max_bytes in (8 * 2 * 2040 * 7, DEFAULT_MAX_BYTES):
+            got = both_ranks(ims, caps, precision="mixed", max_bytes=max_bytes)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_unknown_precision_is_an_error() -> None:
     images, captions = random_pairs(2, 4, 0)
     with pytest.raises(ValueError, match="precision"):

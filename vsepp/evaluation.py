@@ -3,8 +3,9 @@
 Same numbers as ``i2t``/``t2i`` in fartashf/vsepp ``evaluation.py``, without a Python loop
 per query, and with the score matrix built in row chunks so that the 5K test set
 (5,000 x 25,000 scores) never holds more than ``max_bytes`` (200 MB) of scores, masks and
-order-measure temporaries at once. The inputs are converted to float64 on top of that (the
-5K captions at D=1024 are 200 MB), so expect a peak of about 370 MB there.
+order-measure temporaries at once. The float64 path converts the inputs to float64 on top
+of that (the 5K captions at D=1024 are 200 MB, a peak of about 370 MB there); the default,
+mixed precision for cosine, keeps float32 input as it is and scores in blocks of 8 MB.
 
 Layout: ``images`` [N, D] holds each image ONCE (the original repeats each 5 times) and
 ``captions`` [5N, D] gives image i the rows 5i..5i+4. ``scores[i, j] = sim(image i,
@@ -25,7 +26,7 @@ ascending sort reversed would, i.e. among equal scores the HIGHER index comes fi
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -65,11 +66,15 @@ def _check_measure(measure: str) -> None:
         raise ValueError(f"unknown measure {measure!r}; expected one of {MEASURES}")
 
 
-def _validate(images: ArrayLike, captions: ArrayLike, measure: str) -> tuple[FloatArray, ...]:
-    """Both embedding matrices as float64, after checking the 5-captions-per-image layout."""
+def _validate(
+    images: ArrayLike, captions: ArrayLike, measure: str, *, keep_float32: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both embedding matrices as float64 (as float32 if both are and ``keep_float32``: the
+    mixed path needs no float64 copy of them), after checking the 5-captions layout."""
     _check_measure(measure)
-    ims = np.asarray(images, dtype=np.float64)
-    caps = np.asarray(captions, dtype=np.float64)
+    ims, caps = np.asarray(images), np.asarray(captions)
+    if not (keep_float32 and ims.dtype == caps.dtype == np.float32):
+        ims, caps = np.asarray(ims, dtype=np.float64), np.asarray(caps, dtype=np.float64)
     if ims.ndim != 2 or caps.ndim != 2:
         raise ValueError(
             f"images and captions must be 2-D [N, D] and [5N, D], got shapes "
@@ -232,60 +237,186 @@ def _outward(true_score: FloatArray, bound: FloatArray) -> tuple[np.ndarray, np.
     return lo, hi
 
 
+# Scores per block of the mixed path: 8 MB of float32, so that the comparisons and counts
+# that follow the product read it from the last-level cache (32 MB here), not from memory,
+# in few enough BLAS calls (under load, many small ones cost more than the cache saves).
+_BLOCK_SCORES = 2**21
+# Masks are counted eight bytes at a time, as uint64 words whose byte lanes add up to 255.
+_LANE_MAX = 255
+_LANES = 8
+# Columns per block: a row's mask is at most 255 words, so its lanes cannot overflow.
+_BLOCK_COLUMNS = _LANE_MAX * _LANES
+
+
+def _rows64(x: np.ndarray, index: IntArray) -> FloatArray:
+    """Rows ``x[index]`` as a contiguous float64 array (a float32 row converts exactly)."""
+    return np.asarray(x[index], dtype=np.float64)
+
+
+def _dot_rows(a: FloatArray, b: FloatArray) -> FloatArray:
+    """float64 row-by-row dot products: how every float64 score of the mixed path is made."""
+    return np.einsum("ij,ij->i", a, b)
+
+
+def _own_scores_and_norms(
+    images: np.ndarray, captions: np.ndarray, max_bytes: int
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """float64 scores [N, 5] of each image with its five captions, and the rows' norms.
+
+    Image i's captions are the rows 5i..5i+4, so the pairs are consecutive rows of an image
+    block repeated 5 times and the caption block: no gather, and one product serves i2t (the
+    best of the five) and t2i (each caption with its image).
+    """
+    n, dim = images.shape
+    own = np.empty((n, CAPTIONS_PER_IMAGE))
+    im_norm, cap_norm = np.empty(n), np.empty(n * CAPTIONS_PER_IMAGE)
+    # float64 copies of the image block (twice: as is and repeated) and of its captions.
+    per_image = (1 + 2 * CAPTIONS_PER_IMAGE) * dim * _SCORE_BYTES
+    for a, b in _chunks(n, max(1, (max_bytes // 2) // per_image)):
+        im = np.asarray(images[a:b], dtype=np.float64)
+        cap = np.asarray(captions[a * CAPTIONS_PER_IMAGE : b * CAPTIONS_PER_IMAGE], np.float64)
+        pairs = _dot_rows(np.repeat(im, CAPTIONS_PER_IMAGE, axis=0), cap)
+        own[a:b] = pairs.reshape(b - a, CAPTIONS_PER_IMAGE)
+        im_norm[a:b] = np.sqrt(_dot_rows(im, im))
+        cap_norm[a * CAPTIONS_PER_IMAGE : b * CAPTIONS_PER_IMAGE] = np.sqrt(_dot_rows(cap, cap))
+    return own, im_norm, cap_norm
+
+
+class _Direction:
+    """One retrieval direction of the mixed path: for each query its positive's float64
+    score and key, float32 thresholds around it, and the position counted so far."""
+
+    def __init__(self, true_key: IntArray, true_score: FloatArray, bound: FloatArray) -> None:
+        self.key, self.score = true_key, true_score
+        self.lo, self.hi = _outward(true_score, bound)
+        self.position = np.zeros(true_key.size, dtype=np.int64)
+
+
+def _row_counts(mask: np.ndarray) -> IntArray:
+    """True values per row of a C-contiguous bool [r, 8w] mask, w <= 255.
+
+    Its rows as uint64 words summed: each byte lane counts the True bytes (0 or 1) of its
+    position in every word, at most w <= 255, so no carry crosses lanes. Several times
+    faster than ``count_nonzero(axis=1)``, which casts every bool to an integer.
+    """
+    lanes = np.add.reduce(mask.view(np.uint64), axis=1)
+    return lanes.view(np.uint8).reshape(-1, _LANES).sum(axis=1, dtype=np.int64)
+
+
+def _column_counts(mask: np.ndarray) -> IntArray:
+    """True values per column of a C-contiguous bool [r, 8w] mask: words summed down 255
+    rows at a time (each byte lane is then one column's count, at most 255)."""
+    words = mask.view(np.uint64)
+    total = np.zeros(mask.shape[1], dtype=np.int64)
+    for a, b in _chunks(mask.shape[0], _LANE_MAX):
+        total += np.add.reduce(words[a:b], axis=0).view(np.uint8)
+    return total
+
+
+def _count_block(
+    scores: np.ndarray,
+    d: _Direction,
+    axis: int,
+    queries: slice,
+    keys: slice,
+    mask: np.ndarray,
+    rescore: Callable[[IntArray, IntArray], FloatArray],
+) -> None:
+    """Add one block's keys ranked before each query's positive to ``d.position``.
+
+    ``scores`` [images, captions] of float32, the queries along ``axis`` (0: i2t, 1: t2i);
+    ``mask`` a bool buffer of the block's shape with its width rounded up to 8 (and False
+    there). Keys above the positive's float64 score by more than float32's error bound
+    count, keys below by more do not; the rest (the band, the positive among them) are
+    told apart by float64 re-scores, and only for the queries whose band in this block
+    holds a key besides the positive: usually none.
+    """
+    expand = (slice(None), np.newaxis) if axis == 0 else (np.newaxis, slice(None))
+    lo, hi = d.lo[queries][expand], d.hi[queries][expand]
+    count = _row_counts if axis == 0 else _column_counts
+    block = mask[:, : scores.shape[1]]
+    np.greater(scores, hi, out=block)
+    above = count(mask)[: scores.shape[axis]]
+    np.greater_equal(scores, lo, out=block)
+    band = count(mask)[: scores.shape[axis]] - above
+    d.position[queries] += above
+
+    by_query = scores if axis == 0 else scores.T  # [queries, keys] views
+    true_key = d.key[queries]
+    local = true_key - keys.start
+    here = np.flatnonzero((local >= 0) & (local < by_query.shape[1]))
+    own = by_query[here, local[here]]
+    lo_q, hi_q = d.lo[queries], d.hi[queries]
+    if not np.all((own >= lo_q[here]) & (own <= hi_q[here])):
+        # The bound guarantees it; without it the counts below would be off by one.
+        raise RuntimeError("a float32 score is outside its error bound: mixed precision is unsound")
+    band[here] -= 1
+    busy = np.flatnonzero(band > 0)
+    if not busy.size:
+        return
+    sub = by_query[busy]
+    rows, cols = np.nonzero((sub >= lo_q[busy, np.newaxis]) & (sub <= hi_q[busy, np.newaxis]))
+    query = busy[rows]
+    key = keys.start + cols
+    others = key != true_key[query]  # the positive itself ranks after itself
+    query, key = query[others], key[others]
+    exact = rescore(queries.start + query, key)
+    t, j = d.score[queries][query], true_key[query]
+    before = (exact > t) | ((exact == t) & (key > j))
+    d.position[queries] += np.bincount(query[before], minlength=band.size)
+
+
 def _both_ranks_mixed(
-    images: FloatArray, captions: FloatArray, max_bytes: int
+    images: np.ndarray, captions: np.ndarray, max_bytes: int
 ) -> tuple[IntArray, IntArray]:
     """(i2t, t2i) cosine ranks: float32 scoring, float64 re-scoring of what it cannot tell.
 
-    One float32 product, in chunks of image rows, serves both directions: a row holds every
-    caption of one image (its i2t position is complete within the chunk), and a column's
-    t2i counts add up over the chunks. For each query, keys whose float32 score is above
-    the positive's float64 score by more than float32's error bound count as ranked before
-    it, keys below by more than the bound as after; only the keys within the bound (the
-    positive among them) are re-scored in float64, one dot product each, and compared with
-    the tie rule. So every position equals the float64 one.
+    ``images`` and ``captions`` are float32 or float64. One float32 product, in blocks, serves
+    both directions: per query, keys whose float32 score is above the positive's float64 score
+    by more than float32's error bound count as ranked before it, keys below by more as after;
+    only the keys within the bound are re-scored in float64, one dot product each, and
+    compared with the tie rule. So every position equals the float64 one. Positions add up
+    over the blocks of each row (i2t) and column (t2i).
     """
     n, n_caps = images.shape[0], captions.shape[0]
-    owned = np.arange(n)[:, np.newaxis] * CAPTIONS_PER_IMAGE + np.arange(CAPTIONS_PER_IMAGE)
-    own = np.einsum("id,ikd->ik", images, captions[owned])
+    own, im_norm, cap_norm = _own_scores_and_norms(images, captions, max_bytes)
     # The image's best caption: highest score, the higher index on a tie (see _i2t_positions).
     best = CAPTIONS_PER_IMAGE - 1 - np.argmax(own[:, ::-1], axis=1)
-    i2t_true, i2t_score = owned[np.arange(n), best], own[np.arange(n), best]
-    owners = np.arange(n_caps, dtype=np.int64) // CAPTIONS_PER_IMAGE
-    t2i_score = _own_scores(captions, images, owners)
-
     c = _float32_bound(images.shape[1])
-    im_norm, cap_norm = np.linalg.norm(images, axis=1), np.linalg.norm(captions, axis=1)
-    i2t_lo, i2t_hi = _outward(i2t_score, c * im_norm * float(np.max(cap_norm)))
-    t2i_lo, t2i_hi = _outward(t2i_score, c * cap_norm * float(np.max(im_norm)))
-    im32, cap32 = images.astype(np.float32), captions.astype(np.float32)
+    i2t = _Direction(
+        np.arange(n) * CAPTIONS_PER_IMAGE + best,
+        own[np.arange(n), best],
+        c * im_norm * float(np.max(cap_norm)),
+    )
+    t2i = _Direction(
+        np.arange(n_caps, dtype=np.int64) // CAPTIONS_PER_IMAGE,
+        own.reshape(-1),
+        c * cap_norm * float(np.max(im_norm)),
+    )
+    im32 = np.asarray(images, dtype=np.float32)
+    cap32 = np.asarray(captions, dtype=np.float32)
 
-    i2t = np.empty(n, dtype=np.int64)
-    t2i = np.zeros(n_caps, dtype=np.int64)
-    # float32 scores plus four boolean masks a score.
-    rows_per = max(1, (max_bytes // 2) // (n_caps * 8))
-    for a, b in _chunks(n, rows_per):
-        scores = im32[a:b] @ cap32.T
-        # Image to text, along the rows.
-        above = scores > i2t_hi[a:b, np.newaxis]
-        i2t[a:b] = np.count_nonzero(above, axis=1)
-        rows, cols = np.nonzero((scores >= i2t_lo[a:b, np.newaxis]) & ~above)
-        exact = np.einsum("ij,ij->i", images[a + rows], captions[cols])
-        t, j = i2t_score[a + rows], i2t_true[a + rows]
-        i2t[a:b] += np.bincount(rows[(exact > t) | ((exact == t) & (cols > j))], minlength=b - a)
-        # Text to image, down the columns: this chunk's images against each caption's own.
-        above = scores > t2i_hi[np.newaxis, :]
-        t2i += np.count_nonzero(above, axis=0)
-        rows, cols = np.nonzero((scores >= t2i_lo[np.newaxis, :]) & ~above)
-        exact = np.einsum("ij,ij->i", captions[cols], images[a + rows])
-        t, j = t2i_score[cols], owners[cols]
-        t2i += np.bincount(cols[(exact > t) | ((exact == t) & (a + rows > j))], minlength=n_caps)
-    return i2t, t2i
+    def i2t_rescore(image: IntArray, caption: IntArray) -> FloatArray:
+        return _dot_rows(_rows64(images, image), _rows64(captions, caption))
 
+    def t2i_rescore(caption: IntArray, image: IntArray) -> FloatArray:
+        return _dot_rows(_rows64(images, image), _rows64(captions, caption))
 
-def _own_scores(queries: FloatArray, keys: FloatArray, key_index: IntArray) -> FloatArray:
-    """float64 scores of each query with its own key(s), computed as the re-scores are."""
-    return np.einsum("i...d,i...d->i...", queries, keys[key_index])
+    # A block's float32 scores and one mask (the band's few re-scores aside).
+    budget = max(1, (max_bytes // 2) // 8)
+    cols = max(1, min(n_caps, _BLOCK_COLUMNS, budget))
+    rows = max(1, min(n, min(budget, _BLOCK_SCORES) // cols))
+    width = -(-cols // _LANES) * _LANES
+    mask = np.zeros((rows, width), dtype=bool)
+    for a, b in _chunks(n, rows):
+        for k, e in _chunks(n_caps, cols):
+            scores = im32[a:b] @ cap32[k:e].T
+            block_mask = mask[: b - a]
+            block_mask[:, e - k :] = False  # the padding of a narrower last block
+            images_, captions_ = slice(a, b), slice(k, e)
+            _count_block(scores, i2t, 0, images_, captions_, block_mask, i2t_rescore)
+            _count_block(scores, t2i, 1, captions_, images_, block_mask, t2i_rescore)
+    return i2t.position, t2i.position
 
 
 def i2t_ranks(
@@ -321,16 +452,21 @@ def both_ranks(
     precision: Precision = "auto",
 ) -> tuple[IntArray, IntArray]:
     """(i2t [N], t2i [5N]) ranks as `evaluate` computes them (see its `precision`)."""
-    ims, caps = _validate(images, captions, measure)
+    ims, caps = _validate(images, captions, measure, keep_float32=True)
+    return _ranks(ims, caps, measure, max_bytes, precision)
+
+
+def _ranks(
+    ims: np.ndarray, caps: np.ndarray, measure: str, max_bytes: int, precision: str
+) -> tuple[IntArray, IntArray]:
+    """both_ranks on validated arrays (float32 or float64)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
-    if precision == "auto":
-        # One float64 matrix within the budget is as fast as mixed precision there
-        # (benchmarks/README.md); over it, mixed precision saves the second product.
-        fits = ims.shape[0] * caps.shape[0] * _BYTES_PER_SCORE <= max_bytes // 2
-        precision = "float64" if fits else "mixed"
-    if measure == "cosine" and precision == "mixed":
+    # Mixed precision is faster than the float64 path at 1K and 5K alike
+    # (benchmarks/README.md), so "auto" takes it for cosine; order scores are float64.
+    if measure == "cosine" and precision in ("auto", "mixed"):
         return _both_ranks_mixed(ims, caps, max_bytes)
+    ims, caps = np.asarray(ims, dtype=np.float64), np.asarray(caps, dtype=np.float64)
     return _both_ranks(ims, caps, measure, max_bytes)
 
 
@@ -389,20 +525,24 @@ def evaluate(
     With ``precision="mixed"`` cosine ranks are scored in float32 and re-scored in float64
     only where float32's error bound cannot separate a key from the query's positive: the
     ranks of the float64 scores (``precision="float64"``, the original's arithmetic) with
-    one float32 product for both directions. ``"auto"`` (the default) takes float64 when
-    its score matrix fits in ``max_bytes`` and mixed precision above. Re-scores are single
-    float64 dot products, so a key whose float64 score differs from the positive's by less than
-    float64's own rounding (~1e-16) could in principle order differently from a BLAS
-    product; exact ties (duplicate vectors) give equal scores either way.
+    one float32 product for both directions. ``"auto"`` (the default) is mixed for cosine and
+    float64 for order. Re-scores are single float64 dot products, so a key whose float64
+    score differs from the positive's by less than float64's own rounding (~1e-16) can order
+    differently from a BLAS product. Exact copies of a vector always score alike in a
+    re-score; in a BLAS product they need not (the last bit can depend on the row's place in
+    the kernel's tiles), so with duplicate vectors the float64 path's tie rule can break where
+    mixed precision's holds (tests/test_evaluation.py has such a set).
 
     With ``fold5`` (COCO's protocol; needs N divisible by 5) it adds ``"folds"``, the five
     consecutive N/5-image folds (1K each on the 5K test set) each evaluated on its own, and
     ``"mean_of_folds"``, their average; the top-level entries stay the full-set numbers.
     """
-    ims, caps = _validate(images, captions, measure)
+    ims, caps = _validate(images, captions, measure, keep_float32=True)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
 
-    def both(im: FloatArray, cap: FloatArray) -> tuple[IntArray, IntArray]:
-        return both_ranks(im, cap, measure, max_bytes=max_bytes, precision=precision)
+    def both(im: np.ndarray, cap: np.ndarray) -> tuple[IntArray, IntArray]:
+        return _ranks(im, cap, measure, max_bytes, precision)
 
     result = _metrics(*both(ims, caps))
     if fold5:
