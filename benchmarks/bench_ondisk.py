@@ -26,6 +26,7 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -122,6 +123,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print and write its facts."""
     args = parse_args(argv)
+    # `timeout` sends SIGTERM: leave through `finally`, which removes the generated data.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     faiss.omp_set_num_threads(args.threads)
     env = machine()

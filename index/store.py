@@ -424,7 +424,9 @@ def _read_flags(index_type: str, mmap: bool) -> int | None:
     """FAISS read flags for `index_type`: on-disk lists are always mapped, from beside the
     index file (the path recorded at build time was a temporary directory)."""
     if index_type == ONDISK_TYPE:
-        return int(faiss.IO_FLAG_ONDISK_SAME_DIR)
+        # READ_ONLY maps the lists read-only (a read-only volume works; without it FAISS
+        # opens them for writing).
+        return int(faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
     return _mmap_flag(index_type) if mmap else None
 
 
@@ -448,9 +450,7 @@ def read_faiss(path: Path, index_type: str, *, mmap: bool) -> tuple[faiss.Index,
     how = "read"
     if index_type == ONDISK_TYPE:
         try:
-            return faiss.read_index(str(path), int(faiss.IO_FLAG_ONDISK_SAME_DIR)), (
-                "mmap (on-disk lists)"
-            )
+            return faiss.read_index(str(path), int(flag or 0)), "mmap (on-disk lists)"
         except RuntimeError as e:
             raise IndexDirError(
                 f"{path}: cannot read the on-disk index or its "
@@ -607,6 +607,12 @@ class LoadedIndex:
         if name:
             arr = np.load(self.index_dir / name, mmap_mode="r", allow_pickle=False)
             return np.asarray(arr, dtype=np.float32)
+        if self.manifest[side].get("index_type") == ONDISK_TYPE:
+            raise IndexDirError(
+                f"{self.index_dir}: the {side} index is on disk ({ONDISK_TYPE}) and keeps only "
+                "compressed codes, not the vectors: rebuild it from the shards "
+                "(index.build --from_shards DIR --max_index_memory SIZE)"
+            )
         index = self.image_index if side == "images" else self.caption_index
         vecs = exact_vectors(index)
         if vecs is None:

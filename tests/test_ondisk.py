@@ -382,3 +382,19 @@ def test_budgeted_parts_of_arrays(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert parts["images"].facts["index_type"] == "ivf_hnsw_ondisk"
     assert parts["images"].ivfdata == tmp_path / "images.ivfdata"
     assert parts["captions"].facts["count"] == 0
+
+
+def test_an_on_disk_index_is_mapped_read_only_and_not_appended_to(
+    ondisk_index: tuple[Path, int],
+) -> None:
+    import faiss
+
+    from index.store import IndexDirError
+
+    out, _ = ondisk_index
+    loaded = load_index(out, mmap=False)  # on-disk lists are mapped whatever mmap says
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(loaded.image_index).invlists)
+    assert type(lists).__name__ == "OnDiskInvertedLists" and lists.read_only
+    assert lists.filename == str(out / "images.ivfdata")
+    with pytest.raises(IndexDirError, match="rebuild it from the shards"):
+        loaded.vectors("images")
