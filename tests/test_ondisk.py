@@ -214,8 +214,9 @@ def ondisk_index(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
         pair = choose_pair(N_IMAGES, n_caps, DIM, budget, chunk_rows=SHARD, recall_queries=200)
         assert [c.params.get("code") for c in pair] == ["SQ8", "SQ8"]
         out = tmp_path_factory.mktemp("ondisk-index") / "idx"
-        argv = ["--model_dir", "none", "--from_shards", str(shards), "--index_dir", str(out), "--no-copy_images",
-                "--max_index_memory", str(budget), "--recall_queries", "200"]  # fmt: skip
+        argv = ["--model_dir", "none", "--from_shards", str(shards), "--index_dir", str(out),
+                "--no-copy_images", "--max_index_memory", str(budget),
+                "--recall_queries", "200"]  # fmt: skip
         with faiss_threads(1):
             assert build.main(argv) == 0
     finally:
@@ -317,8 +318,8 @@ def test_the_budget_replaces_index_type(shards: Path, tmp_path: Path) -> None:
 
 def test_a_generous_budget_streams_an_exact_index(shards: Path, tmp_path: Path) -> None:
     out = tmp_path / "idx"
-    argv = ["--model_dir", "none", "--from_shards", str(shards), "--index_dir", str(out), "--no-copy_images",
-            "--max_index_memory", "4G", "--recall_queries", "50"]  # fmt: skip
+    argv = ["--model_dir", "none", "--from_shards", str(shards), "--index_dir", str(out),
+            "--no-copy_images", "--max_index_memory", "4G", "--recall_queries", "50"]  # fmt: skip
     assert build.main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["images"]["index_type"] == "flat"
@@ -337,7 +338,7 @@ def _fake_encoders() -> Any:
 def test_the_service_serves_and_reloads_an_on_disk_index(
     ondisk_index: tuple[Path, int], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out, budget = ondisk_index
+    _, budget = ondisk_index
     # A copy the test may rebuild in place (the module's index stays as it is).
     live = tmp_path / "live"
     _, records, caps, caption_records = collection(300, DIM, seed=5)
@@ -368,7 +369,22 @@ def test_the_service_serves_and_reloads_an_on_disk_index(
         health = client.get("/health").json()
         assert health["index"]["images"] == N_IMAGES
         assert health["index"]["image_index_type"] == "ivf_hnsw_ondisk"
-        hit = client.post("/search/text", json={"query": "caption 0 of img-00042", "k": 3})
+        query = {"query": "caption 0 of img-00042", "k": 3}
+        hit = client.post("/search/text", json=query)
+        assert hit.status_code == 200 and len(hit.json()["results"]) == 3
+        # On-disk to on-disk: the served index maps the .ivfdata of a directory that the
+        # next build swaps out and deletes; the mapping keeps it readable until released.
+        served = app.state.vsepp.backend.index
+        probe_vector = np.ones(DIM, np.float32)
+        probe = served.search_images(probe_vector, 5)
+        assert build.main([*argv, "--seed", "1"]) == 0
+        answer = client.post("/admin/reload", headers={"Authorization": "Bearer t0ken"})
+        assert answer.status_code == 200, answer.text
+        assert client.get("/health").json()["index"]["build_id"] != served.manifest["build_id"]
+        again = served.search_images(probe_vector, 5)  # the old one, after its files went
+        np.testing.assert_array_equal(again[1], probe[1])
+        np.testing.assert_allclose(again[0], probe[0])
+        hit = client.post("/search/text", json=query)
         assert hit.status_code == 200 and len(hit.json()["results"]) == 3
 
 
