@@ -74,7 +74,8 @@ def test_sizes_parse_like_autofaiss() -> None:
         (1_000_000, "4.2G", "IVF2048_HNSW32,SQ8"),  # ... not with the build's chunk and queries
         (10_000_000, "16G", "IVF4096_HNSW32,SQ8"),
         (10_000_000, "4G", "IVF4096_HNSW32,PQ256x8"),
-        (10_000_000, "1.5G", "IVF4096_HNSW32,PQ128x8"),
+        (10_000_000, "2.4G", "IVF4096_HNSW32,PQ128x8"),  # its build (2.3 GiB) bounds it
+        (10_000_000, "2G", "IVF4096_HNSW32,PQ64x8"),
         (100_000_000, "4G", "IVF4096_HNSW32,PQ32x8"),
     ],
 )
