@@ -16,6 +16,10 @@ an easy case; ``lowrank`` = 64 latent dimensions mapped linearly into `--dim` pl
 isotropic noise, closer to learned embeddings (low intrinsic dimension, no hard clusters).
 Queries are data rows plus noise (`index.faiss_index.sample_queries`, cos ~0.89 to the
 source row).
+
+Indexes larger than memory (the memory-budgeted on-disk build, data generated chunk by
+chunk, never all in memory) are `bench_ondisk.py`; ``bench_index.py --ondisk ARGS...``
+runs it with those arguments.
 """
 
 from __future__ import annotations
@@ -366,6 +370,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the markdown report."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--ondisk"]:
+        from benchmarks import bench_ondisk
+
+        return bench_ondisk.main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("index.faiss_index").setLevel(logging.WARNING)

@@ -23,6 +23,7 @@ from typing import Any
 
 import faiss
 
+from index.budget import parse_size
 from index.collection import RECALL_QUERIES, build_from_shards, build_from_split, require_cosine
 from index.faiss_index import DEFAULT_PARAMS, INDEX_TYPES
 from index.shards import embed_to_shards, write_corpus
@@ -65,6 +66,14 @@ def _param(text: str) -> tuple[str, int | float]:
     return key, number
 
 
+def _size(text: str) -> int:
+    """A --max_index_memory size in bytes."""
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of `python -m index.build`."""
     p = argparse.ArgumentParser(
@@ -92,6 +101,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="index parameter, repeatable: M, efConstruction, efSearch, nlist, nprobe, m, "
         "nbits, k_factor, niter, train_size, target_recall (0 = choose from the data)",
     )
+    p.add_argument(
+        "--max_index_memory",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="memory budget (e.g. 4G, 500M, 1.5GB) that picks both sides' index as autofaiss "
+        "does: flat while it fits, then HNSW, then IVF-HNSW with SQ8/PQ codes in on-disk "
+        "lists; vectors from shards are streamed, never all in memory (replaces "
+        "--index_type/--param)",
+    )
     p.add_argument("--batch_size", type=int, default=32, help="images per model call")
     add_precision(p)
     p.add_argument(
@@ -108,6 +127,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_log_level(p)
     args = p.parse_args(argv)
     check_source_args(p, args)
+    if args.max_index_memory is not None and (args.index_type != "auto" or args.param):
+        p.error("--max_index_memory picks the index itself: drop --index_type / --param")
     if args.batch_size < 1:
         p.error(f"--batch_size={args.batch_size}: must be at least 1")
     if args.recall_queries < 1:
@@ -161,6 +182,7 @@ def _build_split(args: argparse.Namespace) -> dict[str, Any]:
             "split_skipped": dict(split.skipped),
         },
         model_facts=model_facts(encoders),
+        max_index_memory=args.max_index_memory,
     )
 
 
@@ -200,6 +222,7 @@ def build_collection(args: argparse.Namespace) -> dict[str, Any]:
         source={"model_dir": str(args.model_dir)},
         extra={"model": facts} if facts else None,
         expected_model_hash=model_hash,
+        max_index_memory=args.max_index_memory,
     )
     if args.from_shards is None and not args.keep_shards:
         shutil.rmtree(shards, ignore_errors=True)

@@ -6,10 +6,13 @@ embeds a dataset split with a model first. The program is `python -m index.build
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from index.store import (
     check_image_id,
     write_index_dir,
 )
+from index.streaming import ArraySource, ChunkSource, VectorSource, budgeted_parts
 from vsepp.datasets import SplitData
 from vsepp.embed import embed_images, embed_texts
 from vsepp.model_dir import EncodersLike
@@ -115,11 +119,14 @@ def build_index_dir(
     source: dict[str, Any] | None = None,
     skipped_images: Sequence[dict[str, Any]] = (),
     extra: dict[str, Any] | None = None,
+    max_index_memory: int | None = None,
 ) -> dict[str, Any]:
     """Build both FAISS indexes and write the index directory `out` atomically.
 
     Images with a `file` are copied into `out`/images/. `params` go to `build_index` for
-    both sides (`auto` picks each side's type from its own size). Returns the manifest.
+    both sides (`auto` picks each side's type from its own size). With `max_index_memory`
+    (bytes) the budget picks both sides' indexes instead (`index.budget`). Returns the
+    manifest.
     """
     if not images:
         raise ValueError("no images to index")
@@ -137,6 +144,26 @@ def build_index_dir(
     cap = normalize(caption_vectors, "caption vectors") if len(captions) else empty_vectors(dim)
     if cap.shape[1] != dim:
         raise ValueError(f"image vectors have dim {dim}, caption vectors {cap.shape[1]}")
+    if max_index_memory is not None:
+        sources: dict[str, VectorSource] = {
+            "images": ArraySource(img),
+            "captions": ArraySource(cap),
+        }
+        with scratch_beside(out) as scratch:
+            parts = budgeted_parts(sources, max_index_memory, scratch, chunk_rows=65536,
+                                   seed=seed, recall_queries=recall_queries)  # fmt: skip
+            return write_index_dir(
+                out,
+                images=parts["images"],
+                captions=parts["captions"],
+                image_records=[im.record() for im in images],
+                caption_records=caption_records(captions, row_of),
+                model_hash=model_hash,
+                image_files={im.image_id: im.file for im in images if im.file is not None},
+                source=source,
+                skipped_images=skipped_images,
+                extra=extra,
+            )
     parts = {}
     for side, x in (("images", img), ("captions", cap)):
         parts[side] = build_part(x, index_type, params, seed=seed, recall_queries=recall_queries)
@@ -152,6 +179,20 @@ def build_index_dir(
         skipped_images=skipped_images,
         extra=extra,
     )
+
+
+@contextlib.contextmanager
+def scratch_beside(out: str | os.PathLike[str]) -> Iterator[Path]:
+    """A scratch directory beside `out` (same file system: the .ivfdata files built in it
+    are renamed into the index directory), removed afterwards."""
+    target = Path(out).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.parent / f".{target.name}.scratch-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir()
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def empty_vectors(dim: int) -> np.ndarray:
@@ -196,10 +237,12 @@ def collect_shards(
     *,
     copy_images: bool,
     expected_model_hash: str | None = None,
+    vectors: bool = True,
 ) -> Collected:
     """Read every shard (and the corpus); duplicates become aliases of the image they repeat.
-    Holds all vectors: the caller's index needs them anyway. Shards embedded with another
-    model than `expected_model_hash`, half-written or missing ones are refused."""
+    Holds all vectors (the caller's in-memory index needs them anyway) unless `vectors` is
+    False: then the vector arrays are empty. Shards embedded with another model than
+    `expected_model_hash`, half-written or missing ones are refused."""
     meta = read_shards_meta(shards_dir)
     if expected_model_hash is not None and meta.get("model_hash") != expected_model_hash:
         raise ShardsError(
@@ -215,8 +258,9 @@ def collect_shards(
     aliases: dict[str, list[str]] = {}
     for shard in read_shards(shards_dir):
         records.extend(shard.images)
-        image_vectors.append(np.asarray(shard.vectors))
-        caption_vectors.append(np.asarray(shard.caption_vectors))
+        if vectors:
+            image_vectors.append(np.asarray(shard.vectors))
+            caption_vectors.append(np.asarray(shard.caption_vectors))
         skipped.extend(shard.skipped)
         for d in shard.duplicates:
             aliases.setdefault(d["of"], []).append(d["image_id"])
@@ -236,7 +280,8 @@ def collect_shards(
     corpus = read_corpus(shards_dir)
     if corpus is not None:
         captions += [NewCaption(None, t) for t in corpus[0]]
-        caption_vectors.append(corpus[1])
+        if vectors:
+            caption_vectors.append(corpus[1])
     return Collected(
         np.concatenate(image_vectors),
         images,
@@ -260,9 +305,15 @@ def build_from_shards(
     source: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     expected_model_hash: str | None = None,
+    max_index_memory: int | None = None,
 ) -> dict[str, Any]:
     """Write the index directory `out` from the complete shards of `shards_dir`; skipped
-    files are listed with their reason in the manifest."""
+    files are listed with their reason in the manifest. With `max_index_memory` (bytes)
+    the vectors are streamed shard by shard, never all in memory (`build_budgeted`)."""
+    if max_index_memory is not None:
+        return build_budgeted(shards_dir, out, max_index_memory, copy_images=copy_images,
+                              seed=seed, recall_queries=recall_queries, source=source,
+                              extra=extra, expected_model_hash=expected_model_hash)  # fmt: skip
     got = collect_shards(
         shards_dir, copy_images=copy_images, expected_model_hash=expected_model_hash
     )
@@ -284,6 +335,84 @@ def build_from_shards(
         skipped_images=got.skipped,
         extra=extra,
     )
+
+
+def _normalized(chunks: Iterator[np.ndarray], what: str) -> Iterator[np.ndarray]:
+    for chunk in chunks:
+        yield normalize(chunk, what)
+
+
+def shard_sources(shards_dir: str | os.PathLike[str], dim: int) -> dict[str, VectorSource]:
+    """The image and caption vectors of the shards (and the corpus) as streamed sources."""
+    n_images = n_captions = 0
+    for shard in read_shards(shards_dir):
+        n_images += len(shard.vectors)
+        n_captions += len(shard.caption_vectors)
+    corpus = read_corpus(shards_dir)
+    n_captions += 0 if corpus is None else len(corpus[1])
+
+    def images() -> Iterator[np.ndarray]:
+        return _normalized((s.vectors for s in read_shards(shards_dir)), "image vectors")
+
+    def captions() -> Iterator[np.ndarray]:
+        def raw() -> Iterator[np.ndarray]:
+            for s in read_shards(shards_dir):
+                if len(s.caption_vectors):
+                    yield s.caption_vectors
+            extra = read_corpus(shards_dir)
+            if extra is not None and len(extra[1]):
+                yield extra[1]
+
+        return _normalized(raw(), "caption vectors")
+
+    return {
+        "images": ChunkSource(n_images, dim, images),
+        "captions": ChunkSource(n_captions, dim, captions),
+    }
+
+
+def build_budgeted(
+    shards_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    max_index_memory: int,
+    *,
+    copy_images: bool = True,
+    seed: int = 0,
+    recall_queries: int = RECALL_QUERIES,
+    source: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    expected_model_hash: str | None = None,
+) -> dict[str, Any]:
+    """`build_from_shards` under a memory budget: the budget picks each side's index
+    (`index.budget.choose_pair`), built from the shards streamed one at a time
+    (`index.streaming`); records (images.json, captions.json) are held as in any build."""
+    meta = read_shards_meta(shards_dir)
+    dim = int(meta["dim"])
+    # The records first (an empty array stands for the vectors the parts will hold): a
+    # half-written shard or another model's is refused before any training.
+    got = collect_shards(shards_dir, copy_images=copy_images,
+                         expected_model_hash=expected_model_hash, vectors=False)  # fmt: skip
+    if not got.images:
+        first = f" (first: {got.skipped[0]['image_id']}: {got.skipped[0]['reason']})"
+        raise ValueError(f"{shards_dir}: no image could be embedded{first if got.skipped else ''}")
+    sources = shard_sources(shards_dir, dim)
+    with scratch_beside(out) as scratch:
+        parts = budgeted_parts(sources, max_index_memory, scratch,
+                               chunk_rows=int(meta.get("shard_size", 10_000)), seed=seed,
+                               recall_queries=recall_queries)  # fmt: skip
+        row_of = {im.image_id: row for row, im in enumerate(got.images)}
+        return write_index_dir(
+            out,
+            images=parts["images"],
+            captions=parts["captions"],
+            image_records=[im.record() for im in got.images],
+            caption_records=caption_records(got.captions, row_of),
+            model_hash=str(meta["model_hash"]),
+            image_files={im.image_id: im.file for im in got.images if im.file is not None},
+            source={**meta["source"], **(source or {}), "duplicates": got.duplicates},
+            skipped_images=got.skipped,
+            extra=extra,
+        )
 
 
 def require_cosine(model_manifest: Mapping[str, Any]) -> None:
@@ -310,6 +439,7 @@ def build_from_split(
     recall_queries: int = RECALL_QUERIES,
     source: dict[str, Any] | None = None,
     model_facts: dict[str, Any] | None = None,
+    max_index_memory: int | None = None,
 ) -> dict[str, Any]:
     """Embed `split` with `encoders` and write the index directory `out`; its manifest."""
     require_cosine(encoders.manifest)
@@ -348,4 +478,5 @@ def build_from_split(
         source={"split": split.name, "captions_per_image": k, **(source or {})},
         skipped_images=skipped,
         extra={"model": model_facts} if model_facts else None,
+        max_index_memory=max_index_memory,
     )

@@ -36,6 +36,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 INDEX_TYPES: tuple[str, ...] = ("flat", "hnsw", "ivf", "ivfpq")
+# IVF with an HNSW coarse quantizer, SQ8 or PQ codes in on-disk inverted lists: built from
+# streamed chunks by `index.streaming` (chosen by a memory budget, `index.budget`).
+ONDISK_TYPE = "ivf_hnsw_ondisk"
 AUTO_FLAT_MAX = 50_000  # `auto` builds an exact index up to this many vectors
 # k-means wants this many training points per centroid; FAISS warns below 39.
 MIN_POINTS_PER_CENTROID = 39
@@ -250,18 +253,28 @@ def set_search_param(index: faiss.Index, name: str, value: int | float) -> None:
     if name == "efSearch":
         idx.hnsw.efSearch = int(value)
     elif name == "nprobe":
-        faiss.extract_index_ivf(index).nprobe = int(value)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = int(value)
+        quantizer: Any = faiss.downcast_index(ivf.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            # An HNSW coarse quantizer must find `nprobe` good lists, not just the best.
+            quantizer.hnsw.efSearch = quantizer_ef(int(value))
     elif name == "k_factor":
         idx.k_factor = float(value)
     else:
         raise ValueError(f"unknown search parameter {name!r}")
 
 
+def quantizer_ef(nprobe: int) -> int:
+    """efSearch of an HNSW coarse quantizer asked for `nprobe` lists."""
+    return max(64, 2 * nprobe)
+
+
 def apply_search_params(index: faiss.Index, index_type: str, params: dict[str, Any]) -> None:
     """Re-apply the search-time parameters a manifest recorded (after reading an index)."""
     if index_type == "hnsw" and params.get("efSearch"):
         set_search_param(index, "efSearch", params["efSearch"])
-    if index_type in ("ivf", "ivfpq") and params.get("nprobe"):
+    if index_type in ("ivf", "ivfpq", ONDISK_TYPE) and params.get("nprobe"):
         set_search_param(index, "nprobe", params["nprobe"])
     if index_type == "ivfpq" and params.get("k_factor"):
         set_search_param(index, "k_factor", params["k_factor"])
@@ -343,20 +356,38 @@ def tune_search(
 ) -> tuple[int, float]:
     """Smallest power of two for `name` (efSearch / nprobe) reaching `target_recall`.
 
-    Stops early, at the last value that gained anything, when doubling no longer raises
-    recall (an IVF-PQ limited by its codes and k_factor, not by nprobe). Tuned on queries
-    drawn with ``seed + 1`` so that `measure_recall(seed=seed)` reports the recall on
-    queries the tuning did not see. Returns (value, recall at that value).
+    Tuned on queries drawn with ``seed + 1`` so that `measure_recall(seed=seed)` reports
+    the recall on queries the tuning did not see. See `tune_with_truth`.
     """
     queries = sample_queries(vectors, n_queries, seed=seed + 1)
     _, truth = exact_search(queries, vectors, k)
+    return tune_with_truth(index, queries, truth, name, target_recall, max_value=max_value)
+
+
+def tune_with_truth(
+    index: faiss.Index,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    name: str,
+    target_recall: float,
+    *,
+    max_value: int = MAX_EF_SEARCH,
+) -> tuple[int, float]:
+    """Smallest power of two for `name` whose recall against `truth` (exact top-k rows of
+    `queries`) reaches `target_recall`.
+
+    Stops early, at the last value that gained anything, when doubling no longer raises
+    recall (an IVF-PQ limited by its codes and k_factor, not by nprobe). Returns (value,
+    recall at that value).
+    """
+    k = truth.shape[1]
     value = 16 if name == "efSearch" else 1
     best: tuple[int, float] | None = None
     why = ""
     while True:
         value = min(value, max_value)
         set_search_param(index, name, value)
-        _, found = index.search(queries, truth.shape[1])
+        _, found = index.search(queries, k)
         recall = recall_at_k(found, truth)
         log.info("tuning %s=%d: recall@%d %.3f", name, value, k, recall)
         if best is not None and recall - best[1] < PLATEAU:

@@ -32,7 +32,12 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from index.faiss_index import apply_search_params, exact_vectors, keeps_exact_vectors
+from index.faiss_index import (
+    ONDISK_TYPE,
+    apply_search_params,
+    exact_vectors,
+    keeps_exact_vectors,
+)
 from vsepp.atomic import atomic_directory, old_prefix
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,7 @@ log = logging.getLogger(__name__)
 FORMAT = "vsepp-index/1"
 MANIFEST = "manifest.json"
 INDEX_FILES = {"images": "images.faiss", "captions": "captions.faiss"}
+IVFDATA_FILES = {"images": "images.ivfdata", "captions": "captions.ivfdata"}
 META_FILES = {"images": "images.json", "captions": "captions.json"}
 VECTOR_FILES = {"images": "images.npy", "captions": "captions.npy"}
 IMAGES_DIR = "images"
@@ -130,6 +136,8 @@ class IndexPart:
     index: faiss.Index  # row i = record i
     facts: dict[str, Any]  # manifest section: count, index_type, params, recall_at_10, ...
     vectors: np.ndarray | None = None  # exact vectors; stored as .npy only if index lacks them
+    # On-disk inverted lists the index maps (index.streaming); moved in as SIDE.ivfdata.
+    ivfdata: Path | None = None
 
 
 def check_image_id(image_id: str) -> str:
@@ -242,6 +250,14 @@ def write_index_dir(
     with atomic_directory(target, locked=locked) as tmp:
         for side, part in (("images", images), ("captions", captions)):
             faiss.write_index(part.index, str(tmp / INDEX_FILES[side]))
+            if part.ivfdata is not None:
+                # The index file records the lists' path at build time; readers look for
+                # the file by name beside the index file (IO_FLAG_ONDISK_SAME_DIR), so the
+                # renames of the atomic swap do not break it. The open mapping survives
+                # the rename too.
+                if part.ivfdata.name != IVFDATA_FILES[side]:
+                    raise ValueError(f"{side}: on-disk lists must be named {IVFDATA_FILES[side]}")
+                os.replace(part.ivfdata, tmp / IVFDATA_FILES[side])
             vectors_file = None
             if part.vectors is not None and not keeps_exact_vectors(part.index):
                 vectors_file = VECTOR_FILES[side]
@@ -272,6 +288,12 @@ def write_index_dir(
         manifest["files"] = {
             p.name: {"bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
         }
+        for side in SIDES:
+            # What the side takes on disk: its FAISS file and, on-disk types, its lists.
+            names = (INDEX_FILES[side], IVFDATA_FILES[side], VECTOR_FILES[side])
+            manifest[side]["index_bytes"] = sum(
+                manifest["files"][n]["bytes"] for n in names if n in manifest["files"]
+            )
         # Written last: a directory with a manifest is a complete one.
         _write_json(tmp / MANIFEST, manifest)
     log.info("wrote %s: %d images, %d captions", target, len(image_records), len(caption_records))
@@ -398,6 +420,16 @@ def _is_mapped(path: Path) -> bool | None:
     return any(line.endswith(real) for line in maps.splitlines())
 
 
+def _read_flags(index_type: str, mmap: bool) -> int | None:
+    """FAISS read flags for `index_type`: on-disk lists are always mapped, from beside the
+    index file (the path recorded at build time was a temporary directory)."""
+    if index_type == ONDISK_TYPE:
+        # READ_ONLY maps the lists read-only (a read-only volume works; without it FAISS
+        # opens them for writing).
+        return int(faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
+    return _mmap_flag(index_type) if mmap else None
+
+
 def _mmap_flag(index_type: str) -> int | None:
     """The FAISS read flag that memory-maps `index_type`, None if this FAISS has none.
 
@@ -414,8 +446,16 @@ def _mmap_flag(index_type: str) -> int | None:
 
 def read_faiss(path: Path, index_type: str, *, mmap: bool) -> tuple[faiss.Index, str]:
     """Read one FAISS file; returns (index, how: "mmap" | "read" | "read (...)")."""
-    flag = _mmap_flag(index_type) if mmap else None
+    flag = _read_flags(index_type, mmap)
     how = "read"
+    if index_type == ONDISK_TYPE:
+        try:
+            return faiss.read_index(str(path), int(flag or 0)), "mmap (on-disk lists)"
+        except RuntimeError as e:
+            raise IndexDirError(
+                f"{path}: cannot read the on-disk index or its "
+                f"{path.with_suffix('.ivfdata').name} ({str(e).splitlines()[0]})"
+            ) from e
     if flag is not None:
         try:
             index = faiss.read_index(str(path), flag)
@@ -567,6 +607,12 @@ class LoadedIndex:
         if name:
             arr = np.load(self.index_dir / name, mmap_mode="r", allow_pickle=False)
             return np.asarray(arr, dtype=np.float32)
+        if self.manifest[side].get("index_type") == ONDISK_TYPE:
+            raise IndexDirError(
+                f"{self.index_dir}: the {side} index is on disk ({ONDISK_TYPE}) and keeps only "
+                "compressed codes, not the vectors: rebuild it from the shards "
+                "(index.build --from_shards DIR --max_index_memory SIZE)"
+            )
         index = self.image_index if side == "images" else self.caption_index
         vecs = exact_vectors(index)
         if vecs is None:
