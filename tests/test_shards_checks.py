@@ -40,9 +40,23 @@ def _model_dir(tmp_path: Path, content_hash: str = MODEL_HASH) -> Path:
     return out
 
 
-def _build(tmp_path: Path, shards: Path, capsys: pytest.CaptureFixture[str], model: str) -> str:
+# The in-memory build, and the one under a memory budget that streams the shards.
+BUDGETS = [
+    pytest.param([], id="in-memory"),
+    pytest.param(["--max_index_memory", "1G"], id="budget"),
+]
+
+
+def _build(
+    tmp_path: Path,
+    shards: Path,
+    capsys: pytest.CaptureFixture[str],
+    model: str,
+    budget: list[str] | None = None,
+) -> str:
     argv = ["--model_dir", str(_model_dir(tmp_path, model)), "--from_shards", str(shards),
-            "--index_dir", str(tmp_path / "index"), "--no-copy_images"]  # fmt: skip
+            "--index_dir", str(tmp_path / "index"), "--no-copy_images",
+            *(budget or [])]  # fmt: skip
     code = build.main(argv)
     err = capsys.readouterr().err
     if code == 0:
@@ -75,10 +89,13 @@ def test_a_missing_last_shard_is_named(tmp_path: Path, capsys: pytest.CaptureFix
     assert "shard-00003.json" in err and "shard 3 of 4 is missing" in err
 
 
-def test_a_half_written_shard_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_a_half_written_shard_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], budget: list[str]
+) -> None:
     shards = _shards(tmp_path)
     (shards / "shard-00002.json").unlink()  # the .json is written last
-    err = _build(tmp_path, shards, capsys, MODEL_HASH)
+    err = _build(tmp_path, shards, capsys, MODEL_HASH, budget)
     assert "shard-00002.captions.npy" in err and "half-written" in err
 
 
@@ -112,11 +129,12 @@ def test_a_truncated_json_is_named(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "shard-00001.json" in err and "not a readable shard file" in err
 
 
+@pytest.mark.parametrize("budget", BUDGETS)
 def test_shards_of_another_model_are_refused(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], budget: list[str]
 ) -> None:
     shards = _shards(tmp_path)
-    err = _build(tmp_path, shards, capsys, "another-model")
+    err = _build(tmp_path, shards, capsys, "another-model", budget)
     assert "'fake-model'" in err and "'another-model'" in err
 
 
