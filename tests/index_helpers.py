@@ -153,3 +153,14 @@ class FakeEncoders:
         return np.stack(out) if out else np.zeros((0, self._out_dim), np.float32), np.full(
             len(texts), 3, np.int32
         )
+
+
+def model_manifest_dir(root: Path, content_hash: str, dim: int) -> Path:
+    """A model directory holding only its manifest: all `index.build --from_shards` reads
+    of the model (its hash, checked against the shards')."""
+    out = root / f"model-{content_hash}"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"format": "vsepp-model/1", "export": "exports/0001", "embed_dim": dim,
+                "content_hash": content_hash, "image": {"image_size": 32}}  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out

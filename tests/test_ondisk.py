@@ -36,6 +36,7 @@ from tests.index_helpers import (
     collection,
     faiss_threads,
     fake_image,
+    model_manifest_dir,
 )
 from tests.service_helpers import uvicorn_in_thread
 
@@ -186,6 +187,12 @@ def shards(vectors: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return write_shards(tmp_path_factory.mktemp("ondisk") / "shards", vectors)
 
 
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The model the synthetic shards say they were embedded with (its manifest only)."""
+    return str(model_manifest_dir(tmp_path_factory.mktemp("model"), "fake-model", DIM))
+
+
 def _budget_below_vectors(n_images: int, n_captions: int, recall_queries: int) -> int:
     """The budget an SQ8 on-disk index of both sides needs: less than their float32 vectors
     and than any flat or HNSW choice."""
@@ -206,7 +213,9 @@ def _small_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="module")
-def ondisk_index(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+def ondisk_index(
+    shards: Path, model: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, int]:
     mp = pytest.MonkeyPatch()
     _small_process(mp)  # type: ignore[arg-type]
     try:
@@ -215,7 +224,7 @@ def ondisk_index(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
         pair = choose_pair(N_IMAGES, n_caps, DIM, budget, chunk_rows=SHARD, recall_queries=200)
         assert [c.params.get("code") for c in pair] == ["SQ8", "SQ8"]
         out = tmp_path_factory.mktemp("ondisk-index") / "idx"
-        argv = ["--model_dir", "none", "--from_shards", str(shards), "--index_dir", str(out),
+        argv = ["--model_dir", model, "--from_shards", str(shards), "--index_dir", str(out),
                 "--no-copy_images", "--max_index_memory", str(budget),
                 "--recall_queries", "200"]  # fmt: skip
         with faiss_threads(1):
@@ -289,12 +298,12 @@ def test_query_program_searches_an_on_disk_index(
 
 
 def test_a_budget_too_small_for_the_shards_is_refused(
-    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    shards: Path, model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "idx"
     argv = [
         "--model_dir",
-        "none",
+        model,
         "--from_shards",
         str(shards),
         "--index_dir",
@@ -309,17 +318,17 @@ def test_a_budget_too_small_for_the_shards_is_refused(
     assert not out.exists() and not list(tmp_path.glob(".idx*"))
 
 
-def test_the_budget_replaces_index_type(shards: Path, tmp_path: Path) -> None:
-    argv = ["--model_dir", "none", "--from_shards", str(shards), "--index_dir", str(tmp_path / "i"),
+def test_the_budget_replaces_index_type(shards: Path, model: str, tmp_path: Path) -> None:
+    argv = ["--model_dir", model, "--from_shards", str(shards), "--index_dir", str(tmp_path / "i"),
             "--max_index_memory", "1G", "--index_type", "hnsw"]  # fmt: skip
     with pytest.raises(SystemExit) as info:
         build.parse_args(argv)
     assert info.value.code == 2
 
 
-def test_a_generous_budget_streams_an_exact_index(shards: Path, tmp_path: Path) -> None:
+def test_a_generous_budget_streams_an_exact_index(shards: Path, model: str, tmp_path: Path) -> None:
     out = tmp_path / "idx"
-    argv = ["--model_dir", "none", "--from_shards", str(shards), "--index_dir", str(out),
+    argv = ["--model_dir", model, "--from_shards", str(shards), "--index_dir", str(out),
             "--no-copy_images", "--max_index_memory", "4G", "--recall_queries", "50"]  # fmt: skip
     assert build.main(argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -337,7 +346,11 @@ def _fake_encoders() -> Any:
 
 
 def test_the_service_serves_and_reloads_an_on_disk_index(
-    ondisk_index: tuple[Path, int], shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ondisk_index: tuple[Path, int],
+    shards: Path,
+    model: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, budget = ondisk_index
     # A copy the test may rebuild in place (the module's index stays as it is).
@@ -361,7 +374,7 @@ def test_the_service_serves_and_reloads_an_on_disk_index(
         assert hit["results"][0]["image_id"] == records[3].image_id
         # Rebuild the directory under the running service from the shards (on disk), then
         # reload: the old mapping stays valid until the swap, the new one is served.
-        argv = ["--model_dir", "none", "--from_shards", str(shards), "--index_dir", str(live),
+        argv = ["--model_dir", model, "--from_shards", str(shards), "--index_dir", str(live),
                 "--no-copy_images", "--max_index_memory", str(budget),
                 "--recall_queries", "50"]  # fmt: skip
         assert build.main(argv) == 0

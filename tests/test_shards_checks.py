@@ -12,7 +12,7 @@ import pytest
 from index import build
 from index.shards import ShardsError, embed_to_shards, read_shards
 from index.sources import SourceImage
-from tests.index_helpers import FakeEncoders, fake_image
+from tests.index_helpers import FakeEncoders, fake_image, model_manifest_dir
 
 MODEL_HASH = "fake-model"
 
@@ -30,16 +30,6 @@ def _shards(tmp_path: Path, n: int = 10, size: int = 3) -> Path:
     return out
 
 
-def _model_dir(tmp_path: Path, content_hash: str = MODEL_HASH) -> Path:
-    """A model directory's manifest (all --from_shards reads of the model)."""
-    out = tmp_path / f"model-{content_hash}"
-    out.mkdir()
-    manifest = {"format": "vsepp-model/1", "export": "exports/0001", "embed_dim": 16,
-                "content_hash": content_hash, "image": {"image_size": 32}}  # fmt: skip
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
-
-
 # The in-memory build, and the one under a memory budget that streams the shards.
 BUDGETS = [
     pytest.param([], id="in-memory"),
@@ -54,7 +44,8 @@ def _build(
     model: str,
     budget: list[str] | None = None,
 ) -> str:
-    argv = ["--model_dir", str(_model_dir(tmp_path, model)), "--from_shards", str(shards),
+    model_dir = model_manifest_dir(tmp_path, model, 16)
+    argv = ["--model_dir", str(model_dir), "--from_shards", str(shards),
             "--index_dir", str(tmp_path / "index"), "--no-copy_images",
             *(budget or [])]  # fmt: skip
     code = build.main(argv)
