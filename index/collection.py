@@ -144,40 +144,34 @@ def build_index_dir(
     cap = normalize(caption_vectors, "caption vectors") if len(captions) else empty_vectors(dim)
     if cap.shape[1] != dim:
         raise ValueError(f"image vectors have dim {dim}, caption vectors {cap.shape[1]}")
+
+    def write(parts: dict[str, IndexPart]) -> dict[str, Any]:
+        return write_index_dir(
+            out,
+            images=parts["images"],
+            captions=parts["captions"],
+            image_records=[im.record() for im in images],
+            caption_records=caption_records(captions, row_of),
+            model_hash=model_hash,
+            image_files={im.image_id: im.file for im in images if im.file is not None},
+            source=source,
+            skipped_images=skipped_images,
+            extra=extra,
+        )
+
     if max_index_memory is not None:
         sources: dict[str, VectorSource] = {
             "images": ArraySource(img),
             "captions": ArraySource(cap),
         }
         with scratch_beside(out) as scratch:
-            parts = budgeted_parts(sources, max_index_memory, scratch, chunk_rows=65536,
-                                   seed=seed, recall_queries=recall_queries)  # fmt: skip
-            return write_index_dir(
-                out,
-                images=parts["images"],
-                captions=parts["captions"],
-                image_records=[im.record() for im in images],
-                caption_records=caption_records(captions, row_of),
-                model_hash=model_hash,
-                image_files={im.image_id: im.file for im in images if im.file is not None},
-                source=source,
-                skipped_images=skipped_images,
-                extra=extra,
-            )
-    parts = {}
-    for side, x in (("images", img), ("captions", cap)):
-        parts[side] = build_part(x, index_type, params, seed=seed, recall_queries=recall_queries)
-    return write_index_dir(
-        out,
-        images=parts["images"],
-        captions=parts["captions"],
-        image_records=[im.record() for im in images],
-        caption_records=caption_records(captions, row_of),
-        model_hash=model_hash,
-        image_files={im.image_id: im.file for im in images if im.file is not None},
-        source=source,
-        skipped_images=skipped_images,
-        extra=extra,
+            return write(budgeted_parts(sources, max_index_memory, scratch, chunk_rows=65536,
+                                        seed=seed, recall_queries=recall_queries))  # fmt: skip
+    return write(
+        {
+            side: build_part(x, index_type, params, seed=seed, recall_queries=recall_queries)
+            for side, x in (("images", img), ("captions", cap))
+        }
     )
 
 
