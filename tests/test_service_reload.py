@@ -109,11 +109,16 @@ def test_the_watcher_swaps_in_a_rebuilt_index_and_keeps_it_over_a_broken_one(
 
 
 def _worker_builds(base: str, tries: int = 400) -> dict[int, str]:
-    """Worker pid -> the build it serves, asking on fresh connections until two answer."""
+    """Worker pid -> the build it serves, asking on fresh connections until two answer (a
+    worker still loading answers 503 and is asked again)."""
     seen: dict[int, str] = {}
     for _ in range(tries):
         with httpx.Client(base_url=base, timeout=30) as client:  # a new connection each time
-            body = client.get("/health").json()
+            r = client.get("/health")
+        if r.status_code != 200:
+            time.sleep(0.1)
+            continue
+        body = r.json()
         seen[body["reload"]["worker_pid"]] = body["index"]["build_id"]
         if len(seen) == 2:
             break
@@ -169,7 +174,8 @@ def test_every_worker_reloads_in_place_under_load(
     finally:
         stop.set()
         for t in threads:
-            t.join(timeout=60)
+            if t.ident is not None:  # started: an early failure leaves some unstarted
+                t.join(timeout=60)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
         log.close()
