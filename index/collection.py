@@ -132,11 +132,11 @@ def build_index_dir(
         raise ValueError("no images to index")
     check_counts(image_vectors, images, "images")
     check_counts(caption_vectors, captions, "captions")
-    row_of: dict[str, int] = {}
-    for row, im in enumerate(images):
-        if im.image_id in row_of:
+    seen: set[str] = set()
+    for im in images:
+        if im.image_id in seen:
             raise ValueError(f"image_id {im.image_id!r} appears twice")
-        row_of[im.image_id] = row
+        seen.add(im.image_id)
         if im.file is not None:
             check_image_id(im.image_id)
     img = normalize(image_vectors, "image vectors")
@@ -146,18 +146,8 @@ def build_index_dir(
         raise ValueError(f"image vectors have dim {dim}, caption vectors {cap.shape[1]}")
 
     def write(parts: dict[str, IndexPart]) -> dict[str, Any]:
-        return write_index_dir(
-            out,
-            images=parts["images"],
-            captions=parts["captions"],
-            image_records=[im.record() for im in images],
-            caption_records=caption_records(captions, row_of),
-            model_hash=model_hash,
-            image_files={im.image_id: im.file for im in images if im.file is not None},
-            source=source,
-            skipped_images=skipped_images,
-            extra=extra,
-        )
+        return write_parts(out, parts, images, captions, model_hash=model_hash,
+                           source=source, skipped_images=skipped_images, extra=extra)  # fmt: skip
 
     if max_index_memory is not None:
         sources: dict[str, VectorSource] = {
@@ -172,6 +162,34 @@ def build_index_dir(
             side: build_part(x, index_type, params, seed=seed, recall_queries=recall_queries)
             for side, x in (("images", img), ("captions", cap))
         }
+    )
+
+
+def write_parts(
+    out: str | os.PathLike[str],
+    parts: Mapping[str, IndexPart],
+    images: Sequence[NewImage],
+    captions: Sequence[NewCaption],
+    *,
+    model_hash: str,
+    source: dict[str, Any] | None,
+    skipped_images: Sequence[dict[str, Any]] = (),
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write the index directory `out` from built parts and the records they index (rows in
+    `images`' order, captions pointing at their image's row)."""
+    row_of = {im.image_id: row for row, im in enumerate(images)}
+    return write_index_dir(
+        out,
+        images=parts["images"],
+        captions=parts["captions"],
+        image_records=[im.record() for im in images],
+        caption_records=caption_records(captions, row_of),
+        model_hash=model_hash,
+        image_files={im.image_id: im.file for im in images if im.file is not None},
+        source=source,
+        skipped_images=skipped_images,
+        extra=extra,
     )
 
 
@@ -287,6 +305,13 @@ def collect_shards(
     )
 
 
+def require_embedded(got: Collected, shards_dir: str | os.PathLike[str]) -> None:
+    """Refuse shards in which no image was embedded, naming the first skipped file's reason."""
+    if not got.images:
+        first = f" (first: {got.skipped[0]['image_id']}: {got.skipped[0]['reason']})"
+        raise ValueError(f"{shards_dir}: no image could be embedded{first if got.skipped else ''}")
+
+
 def build_from_shards(
     shards_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -311,9 +336,7 @@ def build_from_shards(
     got = collect_shards(
         shards_dir, copy_images=copy_images, expected_model_hash=expected_model_hash
     )
-    if not got.images:
-        first = f" (first: {got.skipped[0]['image_id']}: {got.skipped[0]['reason']})"
-        raise ValueError(f"{shards_dir}: no image could be embedded{first if got.skipped else ''}")
+    require_embedded(got, shards_dir)
     return build_index_dir(
         out,
         got.image_vectors,
@@ -386,23 +409,18 @@ def build_budgeted(
     # half-written shard or another model's is refused before any training.
     got = collect_shards(shards_dir, copy_images=copy_images,
                          expected_model_hash=expected_model_hash, vectors=False)  # fmt: skip
-    if not got.images:
-        first = f" (first: {got.skipped[0]['image_id']}: {got.skipped[0]['reason']})"
-        raise ValueError(f"{shards_dir}: no image could be embedded{first if got.skipped else ''}")
+    require_embedded(got, shards_dir)
     sources = shard_sources(shards_dir, dim)
     with scratch_beside(out) as scratch:
         parts = budgeted_parts(sources, max_index_memory, scratch,
                                chunk_rows=int(meta.get("shard_size", 10_000)), seed=seed,
                                recall_queries=recall_queries)  # fmt: skip
-        row_of = {im.image_id: row for row, im in enumerate(got.images)}
-        return write_index_dir(
+        return write_parts(
             out,
-            images=parts["images"],
-            captions=parts["captions"],
-            image_records=[im.record() for im in got.images],
-            caption_records=caption_records(got.captions, row_of),
+            parts,
+            got.images,
+            got.captions,
             model_hash=str(meta["model_hash"]),
-            image_files={im.image_id: im.file for im in got.images if im.file is not None},
             source={**meta["source"], **(source or {}), "duplicates": got.duplicates},
             skipped_images=got.skipped,
             extra=extra,
