@@ -34,6 +34,9 @@ from index.sources import read_caption_corpus
 from index.store import check_built_with, load_index, read_manifest
 from index.update import add_to_index, add_with_model, read_items
 from vsepp.cli import (
+    add_batch_size,
+    add_copy_images,
+    add_faiss_threads,
     add_index_dir,
     add_log_level,
     add_model_dir,
@@ -61,23 +64,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--items", type=Path, help='JSON list of {"file", "captions": [...], "image_id"?}'
     )
-    p.add_argument("--batch_size", type=int, default=32, help="images / captions per model call")
+    add_batch_size(p, help="images / captions per model call")
     add_precision(p)
-    p.add_argument(
-        "--copy_images",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="copy (hard-link where possible) the image files into INDEX/images (to serve them)",
+    add_copy_images(
+        p, help="copy (hard-link where possible) the image files into INDEX/images (to serve them)"
     )
-    p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
+    add_faiss_threads(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the recall measurement")
     add_log_level(p)
     args = p.parse_args(argv)
     check_source_args(p, args, captions_alone=True)
     if args.from_shards is not None:
         p.error("--from_shards is for index.build")
-    if args.batch_size < 1:
-        p.error(f"--batch_size={args.batch_size}: must be at least 1")
     return args
 
 

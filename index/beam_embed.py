@@ -26,6 +26,7 @@ from index.collection import require_cosine
 from index.source_args import add_own_source_args
 from vsepp.cli import (
     UsageError,
+    add_batch_size,
     add_log_level,
     add_model_dir,
     add_precision,
@@ -54,15 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     add_model_dir(p, help="exported model (training.export)")
     p.add_argument("--out_dir", type=Path, required=True, help="the shards directory to write")
     add_own_source_args(p, "the images")
-    p.add_argument("--batch_size", type=int, default=32, help="images per model call")
+    add_batch_size(p)
     add_precision(p)
     add_log_level(p)
     args, rest = p.parse_known_args(argv)
     if (args.images_dir is None) == (args.list is None):
         p.error("give one source: --images_dir or --list")
-    for flag in ("shard_size", "batch_size"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag}={getattr(args, flag)}: must be at least 1")
     return args, rest
 
 

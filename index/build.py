@@ -36,10 +36,14 @@ from index.source_args import (
 )
 from index.sources import read_caption_corpus
 from vsepp.cli import (
+    add_batch_size,
+    add_copy_images,
+    add_faiss_threads,
     add_index_dir,
     add_log_level,
     add_model_dir,
     add_precision,
+    at_least_one,
     program,
     setup_logging,
 )
@@ -111,28 +115,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "lists; vectors from shards are streamed, never all in memory (replaces "
         "--index_type/--param)",
     )
-    p.add_argument("--batch_size", type=int, default=32, help="images per model call")
+    add_batch_size(p)
     add_precision(p)
-    p.add_argument(
-        "--copy_images",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="copy the image files into OUT/images (the service serves them from there)",
+    add_copy_images(
+        p, help="copy the image files into OUT/images (the service serves them from there)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of k-means, HNSW and recall")
     p.add_argument(
-        "--recall_queries", type=int, default=RECALL_QUERIES, help="queries for recall@10"
+        "--recall_queries", type=at_least_one, default=RECALL_QUERIES, help="queries for recall@10"
     )
-    p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
+    add_faiss_threads(p)
     add_log_level(p)
     args = p.parse_args(argv)
     check_source_args(p, args)
     if args.max_index_memory is not None and (args.index_type != "auto" or args.param):
         p.error("--max_index_memory picks the index itself: drop --index_type / --param")
-    if args.batch_size < 1:
-        p.error(f"--batch_size={args.batch_size}: must be at least 1")
-    if args.recall_queries < 1:
-        p.error(f"--recall_queries={args.recall_queries}: must be at least 1")
     return args
 
 

@@ -17,7 +17,7 @@ import faiss
 from index.recall import evaluate_index, format_comparison
 from index.store import load_index
 from vsepp.atomic import write_json_atomic
-from vsepp.cli import add_index_dir, add_log_level, program, setup_logging
+from vsepp.cli import add_faiss_threads, add_index_dir, add_log_level, program, setup_logging
 from vsepp.evaluation import format_metrics
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_index_dir(p, "--index", help="index directory (--index works too)")
     p.add_argument("--metrics_out", type=Path, help="write the metrics here as JSON")
     p.add_argument("--fold5", action="store_true", help="also the 5 x 1K folds (COCO 5K)")
-    p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
+    add_faiss_threads(p)
     add_log_level(p)
     return p.parse_args(argv)
 

@@ -22,6 +22,7 @@ from vsepp.cli import (
     add_index_dir,
     add_log_level,
     add_model_dir,
+    at_least_one,
     program,
     setup_logging,
 )
@@ -39,7 +40,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--text", help="caption query: find images")
     what.add_argument("--image", type=Path, help="image file query: find captions")
-    p.add_argument("-k", type=int, default=10, help="number of results")
+    p.add_argument("-k", type=at_least_one, default=10, help="number of results")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("--no_mmap", action="store_true", help="read the index into memory")
     add_log_level(p, default="WARNING")
@@ -50,8 +51,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.text = args.query
     if args.text is None and args.image is None:
         p.error("give a caption to find images, or --image PATH to find captions")
-    if args.k < 1:
-        p.error(f"-k={args.k}: must be at least 1")
     if args.text is not None and not args.text.strip():
         p.error("--text is empty")
     return args

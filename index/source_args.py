@@ -12,6 +12,7 @@ from typing import Any
 
 from index.shards import SHARD_SIZE
 from index.sources import SourceImage, read_list, walk_images_dir
+from vsepp.cli import at_least_one
 from vsepp.images import DEFAULT_MAX_PIXELS
 
 
@@ -45,7 +46,7 @@ def add_own_source_args(p: argparse.ArgumentParser, title: str) -> argparse._Arg
     g.add_argument(
         "--resume", action="store_true", help="go on from the complete shards of a killed run"
     )
-    g.add_argument("--shard_size", type=int, default=SHARD_SIZE, help="images per shard")
+    g.add_argument("--shard_size", type=at_least_one, default=SHARD_SIZE, help="images per shard")
     g.add_argument(
         "--max_image_pixels",
         type=int,
@@ -86,8 +87,6 @@ def check_source_args(
             p.error("give exactly one of --imgs_file_path and --split")
     if args.captions is not None and args.texts_path is not None:
         p.error("--captions goes with --images_dir or --list (a split has its own captions)")
-    if args.shard_size < 1:
-        p.error(f"--shard_size={args.shard_size}: must be at least 1")
 
 
 def collection_items(args: argparse.Namespace) -> Iterator[SourceImage]:

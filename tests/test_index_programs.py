@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -231,6 +232,29 @@ def test_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         query.parse_args(["--model_dir", "m", "--index", "i", "--text", "  "])
     assert "--text is empty" in capsys.readouterr().err
+
+
+FOLDER = ["--model_dir", "m", "--images_dir", "d", "--out", "o"]
+APPEND = ["--model_dir", "m", "--index", "i"]
+
+
+@pytest.mark.parametrize(
+    ("parse", "argv", "flag"),
+    [
+        (build.parse_args, [*FOLDER, "--batch_size", "0"], "--batch_size"),
+        (build.parse_args, [*FOLDER, "--shard_size", "-3"], "--shard_size"),
+        (build.parse_args, [*FOLDER, "--recall_queries", "0"], "--recall_queries"),
+        (add.parse_args, [*APPEND, "--images_dir", "d", "--batch_size", "0"], "--batch_size"),
+        (query.parse_args, [*APPEND, "-k", "0", "a dog"], "-k"),
+    ],
+)
+def test_counts_below_one_are_refused_naming_the_flag(
+    parse: Any, argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        parse(argv)
+    assert done.value.code == 2
+    assert re.search(rf"argument {flag}\b.*: -?\d+: must be at least 1", capsys.readouterr().err)
 
 
 def test_vectors_match_between_programs(tmp_path: Path, fake: FakeEncoders) -> None:

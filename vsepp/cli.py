@@ -47,6 +47,32 @@ def add_precision(p: argparse.ArgumentParser) -> None:
     )
 
 
+def at_least_one(text: str) -> int:
+    """argparse type of a count (batch, shard, queries, k): an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
+def add_batch_size(p: argparse.ArgumentParser, help: str = "images per model call") -> None:
+    """--batch_size of the programs that embed."""
+    p.add_argument("--batch_size", type=at_least_one, default=32, help=help)
+
+
+def add_faiss_threads(p: argparse.ArgumentParser) -> None:
+    """--threads of the programs that build or search FAISS indexes."""
+    p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
+
+
+def add_copy_images(p: argparse.ArgumentParser, help: str) -> None:
+    """--copy_images / --no-copy_images of the programs that write an index directory."""
+    p.add_argument("--copy_images", action=argparse.BooleanOptionalAction, default=True, help=help)
+
+
 def add_index_dir(p: argparse.ArgumentParser, *aliases: str, help: str) -> None:
     """--index_dir (plus the program's older spellings, kept as aliases)."""
     p.add_argument("--index_dir", *aliases, dest="index_dir", type=Path, required=True, help=help)
