@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_index import CLUSTERS, machine
 from index.budget import choose_index, format_size, parse_size
-from index.faiss_index import recall_at_k
+from index.faiss_index import recall_at_k, set_search_param
 from index.store import ImageRecord, IndexPart, load_index, write_index_dir
 from index.streaming import ChunkSource, build_streaming
 
@@ -102,6 +102,29 @@ def latencies(index: Any, queries: np.ndarray, budget_s: float) -> np.ndarray:
     return np.array(out)
 
 
+def sweep(
+    index: Any, queries: np.ndarray, truth: np.ndarray, values: Sequence[int], args: Any
+) -> list[dict[str, Any]]:
+    """Recall@10 and single-query latency at each nprobe of `values` (capped at nlist): the
+    trade-off the tuned value is one point of."""
+    ivf = faiss.extract_index_ivf(index)
+    chosen = ivf.nprobe
+    rows = []
+    for value in sorted({min(v, ivf.nlist) for v in values}):
+        set_search_param(index, "nprobe", value)
+        lat = latencies(index, queries, args.sweep_latency_budget)
+        faiss.omp_set_num_threads(args.threads)
+        _, found = index.search(queries, 10)
+        rows.append({"nprobe": value, "recall_at_10": round(recall_at_k(found, truth), 4),
+                     "p50_ms": round(float(np.percentile(lat, 50) * 1e3), 3),
+                     "p99_ms": round(float(np.percentile(lat, 99) * 1e3), 3),
+                     "single_queries": len(lat)})  # fmt: skip
+        log.info("nprobe %d: recall@10 %.3f, p50 %.2f ms", value, rows[-1]["recall_at_10"],
+                 rows[-1]["p50_ms"])  # fmt: skip
+    set_search_param(index, "nprobe", chosen)
+    return rows
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of the benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -113,6 +136,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--queries", type=int, default=1000, help="held-out queries for recall")
     p.add_argument("--target_recall", type=float, default=0.95)
     p.add_argument("--latency_budget", type=float, default=60.0)
+    p.add_argument(
+        "--sweep",
+        default="1,2,4,8,16,32,64,128,256",
+        help="nprobe values to measure recall and latency at besides the tuned one ('' none)",
+    )
+    p.add_argument("--sweep_latency_budget", type=float, default=10.0, help="seconds per value")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--keep", action="store_true", help="keep the index directory")
     p.add_argument("--seed", type=int, default=0)
@@ -168,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             faiss.omp_set_num_threads(args.threads)
             _, found = loaded.image_index.search(built.eval_queries, 10)
             recall = recall_at_k(found, built.eval_truth)
+            values = [int(v) for v in args.sweep.split(",") if v.strip()]
+            curve = (
+                sweep(loaded.image_index, built.eval_queries, built.eval_truth, values, args)
+                if values and built.facts.get("ondisk")
+                else []
+            )
         files = {p.name: p.stat().st_size for p in (work / "index").iterdir() if p.is_file()}
         out.update(
             {
@@ -186,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "p99_ms": float(np.percentile(lat, 99) * 1e3),
                 "single_queries": len(lat),
                 "recall_at_10_loaded": recall,
+                "sweep": curve,
                 "load_avg_end": [round(x, 2) for x in os.getloadavg()],
             }
         )
