@@ -218,7 +218,7 @@ def test_failed_metadata_write_leaves_old_index(
 ) -> None:
     make_index(tmp_path / "idx", 10)
     before = _fingerprint(tmp_path / "idx")
-    real = store._write_json
+    real = store._write_json_rows
 
     def failing(path: Path, value: object, **options: bool) -> None:
         if path.name == "captions.json":
@@ -226,7 +226,7 @@ def test_failed_metadata_write_leaves_old_index(
             raise OSError(28, "No space left on device")
         real(path, value, **options)
 
-    monkeypatch.setattr(store, "_write_json", failing)
+    monkeypatch.setattr(store, "_write_json_rows", failing)
     with pytest.raises(OSError, match=r"No space"):
         make_index(tmp_path / "idx", 20, seed=1)
     assert _fingerprint(tmp_path / "idx") == before
@@ -437,3 +437,11 @@ def test_write_refuses_inconsistent_input(tmp_path: Path) -> None:
             image_files={"a": tmp_path},
         )
     assert not (tmp_path / "x").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("rows", [[], [{"image_id": "a", "path": None}], [{"t": "é\udcff"}, {}]])
+def test_json_rows_read_back_as_the_list_written(tmp_path: Path, rows: list[dict]) -> None:
+    """images.json / captions.json are written row by row; readers see one JSON list."""
+    store._write_json_rows(tmp_path / "rows.json", iter(rows), ascii_only=True)
+    text = (tmp_path / "rows.json").read_text(encoding="ascii")
+    assert json.loads(text) == rows and text.endswith("\n")
