@@ -2,6 +2,7 @@
 
     nice -n 10 timeout 90m .venv/bin/python benchmarks/bench_ondisk.py --n 10000000 \\
         --max_index_memory 12G --work_dir /work/tmp/bench-ondisk --json_out ondisk.json
+    .venv/bin/python benchmarks/bench_ondisk.py --serve_dir KEPT_INDEX --sweep 1,2,4,8
 
 Clustered 1024-d unit vectors (`bench_index.py`'s generator: 1,024 Gaussians, cos ~0.7
 to the own centre) are generated chunk by chunk from the seed, each chunk from its own
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_index import CLUSTERS, machine
 from index.budget import choose_index, format_size, parse_size
-from index.faiss_index import recall_at_k, set_search_param
+from index.faiss_index import recall_at_k, sample_queries, set_search_param
 from index.store import ImageRecord, IndexPart, load_index, write_index_dir
 from index.streaming import ChunkSource, build_streaming
 
@@ -125,6 +126,29 @@ def sweep(
     return rows
 
 
+def serve_only(args: Any) -> dict[str, Any]:
+    """Single-query latency of a kept index directory (`--serve_dir`) at each --sweep nprobe,
+    on queries near the first chunk's rows: the page-cache figures of an index built (and
+    its recall measured) by an earlier run."""
+    loaded = load_index(args.serve_dir)
+    first = next(clustered_chunks(args.n, args.dim, args.seed, args.chunk))
+    queries = sample_queries(first, args.queries, seed=args.seed + 7)
+    index = loaded.image_index
+    ivf = faiss.extract_index_ivf(index)
+    rows = []
+    for value in sorted({min(int(v), ivf.nlist) for v in args.sweep.split(",") if v.strip()}):
+        set_search_param(index, "nprobe", value)
+        latencies(index, queries, args.sweep_latency_budget)  # a pass to bring the lists in
+        lat = latencies(index, queries, args.sweep_latency_budget)
+        rows.append({"nprobe": value, "p50_ms": round(float(np.percentile(lat, 50) * 1e3), 3),
+                     "p99_ms": round(float(np.percentile(lat, 99) * 1e3), 3),
+                     "single_queries": len(lat)})  # fmt: skip
+        log.info("nprobe %d: p50 %.2f ms, p99 %.2f ms", value, rows[-1]["p50_ms"],
+                 rows[-1]["p99_ms"])  # fmt: skip
+    return {"machine": machine(), "serve_dir": str(args.serve_dir), "sweep": rows,
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command line of the benchmark."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -132,7 +156,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--max_index_memory", default="12G")
     p.add_argument("--chunk", type=int, default=100_000, help="rows generated at a time")
-    p.add_argument("--work_dir", type=Path, required=True, help="scratch and index (removed)")
+    p.add_argument("--work_dir", type=Path, help="scratch and index (removed)")
+    p.add_argument(
+        "--serve_dir", type=Path, help="only time searches of this kept index (see serve_only)"
+    )
     p.add_argument("--queries", type=int, default=1000, help="held-out queries for recall")
     p.add_argument("--target_recall", type=float, default=0.95)
     p.add_argument("--latency_budget", type=float, default=60.0)
@@ -146,7 +173,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the index directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json_out", type=Path)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.work_dir is None) == (args.serve_dir is None):
+        p.error("give --work_dir (build and measure) or --serve_dir (time a kept index)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -156,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     faiss.omp_set_num_threads(args.threads)
+    if args.serve_dir is not None:
+        text = json.dumps(serve_only(args), indent=1)
+        print(text)
+        if args.json_out:
+            args.json_out.write_text(text + "\n")
+        return 0
     env = machine()
     budget = parse_size(args.max_index_memory)
     choice = choose_index(args.n, args.dim, budget, chunk_rows=args.chunk,
