@@ -104,24 +104,34 @@ def latencies(index: Any, queries: np.ndarray, budget_s: float) -> np.ndarray:
 
 
 def sweep(
-    index: Any, queries: np.ndarray, truth: np.ndarray, values: Sequence[int], args: Any
+    index: Any,
+    queries: np.ndarray,
+    truth: np.ndarray | None,
+    args: Any,
+    *,
+    warm: bool = False,
 ) -> list[dict[str, Any]]:
-    """Recall@10 and single-query latency at each nprobe of `values` (capped at nlist): the
-    trade-off the tuned value is one point of."""
+    """Single-query latency, and recall@10 against `truth` when given, at each nprobe of
+    --sweep (capped at nlist): the trade-off the tuned value is one point of. `warm`: one
+    untimed pass per value first, to bring its lists into page cache."""
     ivf = faiss.extract_index_ivf(index)
     chosen = ivf.nprobe
     rows = []
-    for value in sorted({min(v, ivf.nlist) for v in values}):
+    for value in sorted({min(v, ivf.nlist) for v in args.sweep}):
         set_search_param(index, "nprobe", value)
+        if warm:
+            latencies(index, queries, args.sweep_latency_budget)
         lat = latencies(index, queries, args.sweep_latency_budget)
-        faiss.omp_set_num_threads(args.threads)
-        _, found = index.search(queries, 10)
-        rows.append({"nprobe": value, "recall_at_10": round(recall_at_k(found, truth), 4),
-                     "p50_ms": round(float(np.percentile(lat, 50) * 1e3), 3),
-                     "p99_ms": round(float(np.percentile(lat, 99) * 1e3), 3),
-                     "single_queries": len(lat)})  # fmt: skip
-        log.info("nprobe %d: recall@10 %.3f, p50 %.2f ms", value, rows[-1]["recall_at_10"],
-                 rows[-1]["p50_ms"])  # fmt: skip
+        row: dict[str, Any] = {"nprobe": value}
+        if truth is not None:
+            faiss.omp_set_num_threads(args.threads)
+            _, found = index.search(queries, 10)
+            row["recall_at_10"] = round(recall_at_k(found, truth), 4)
+        row.update({"p50_ms": round(float(np.percentile(lat, 50) * 1e3), 3),
+                    "p99_ms": round(float(np.percentile(lat, 99) * 1e3), 3),
+                    "single_queries": len(lat)})  # fmt: skip
+        log.info("nprobe %d: %s", value, row)
+        rows.append(row)
     set_search_param(index, "nprobe", chosen)
     return rows
 
@@ -133,18 +143,7 @@ def serve_only(args: Any) -> dict[str, Any]:
     loaded = load_index(args.serve_dir)
     first = next(clustered_chunks(args.n, args.dim, args.seed, args.chunk))
     queries = sample_queries(first, args.queries, seed=args.seed + 7)
-    index = loaded.image_index
-    ivf = faiss.extract_index_ivf(index)
-    rows = []
-    for value in sorted({min(int(v), ivf.nlist) for v in args.sweep.split(",") if v.strip()}):
-        set_search_param(index, "nprobe", value)
-        latencies(index, queries, args.sweep_latency_budget)  # a pass to bring the lists in
-        lat = latencies(index, queries, args.sweep_latency_budget)
-        rows.append({"nprobe": value, "p50_ms": round(float(np.percentile(lat, 50) * 1e3), 3),
-                     "p99_ms": round(float(np.percentile(lat, 99) * 1e3), 3),
-                     "single_queries": len(lat)})  # fmt: skip
-        log.info("nprobe %d: p50 %.2f ms, p99 %.2f ms", value, rows[-1]["p50_ms"],
-                 rows[-1]["p99_ms"])  # fmt: skip
+    rows = sweep(loaded.image_index, queries, None, args, warm=True)
     return {"machine": machine(), "serve_dir": str(args.serve_dir), "sweep": rows,
             "load_avg_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
 
@@ -165,7 +164,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency_budget", type=float, default=60.0)
     p.add_argument(
         "--sweep",
-        default="1,2,4,8,16,32,64,128,256",
+        type=lambda text: [int(v) for v in text.split(",") if v.strip()],
+        default=[1, 2, 4, 8, 16, 32, 64, 128, 256],
         help="nprobe values to measure recall and latency at besides the tuned one ('' none)",
     )
     p.add_argument("--sweep_latency_budget", type=float, default=10.0, help="seconds per value")
@@ -233,10 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             faiss.omp_set_num_threads(args.threads)
             _, found = loaded.image_index.search(built.eval_queries, 10)
             recall = recall_at_k(found, built.eval_truth)
-            values = [int(v) for v in args.sweep.split(",") if v.strip()]
             curve = (
-                sweep(loaded.image_index, built.eval_queries, built.eval_truth, values, args)
-                if values and built.facts.get("ondisk")
+                sweep(loaded.image_index, built.eval_queries, built.eval_truth, args)
+                if args.sweep and built.facts.get("ondisk")
                 else []
             )
         files = {p.name: p.stat().st_size for p in (work / "index").iterdir() if p.is_file()}
