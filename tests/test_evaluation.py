@@ -391,38 +391,88 @@ def test_mask_counts_by_words_equal_count_nonzero(rows: int, words: int) -> None
         np.testing.assert_array_equal(_column_counts(mask), np.count_nonzero(mask, axis=0))
 
 
-def tie_rule_ranks(images: np.ndarray, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks by the documented tie rule (stable sort, reversed) of float64 scores made pair by
-    pair (einsum's own loop, not BLAS), so that exact copies of a vector score exactly alike."""
-    scores = np.einsum("id,jd->ij", images.astype(np.float64), captions.astype(np.float64))
-    i2t = np.array(
-        [
-            np.flatnonzero(np.argsort(row, kind="stable")[::-1] // 5 == i)[0]
-            for i, row in enumerate(scores)
-        ]
-    )
-    t2i = np.array(
-        [
-            np.flatnonzero(np.argsort(col, kind="stable")[::-1] == j // 5)[0]
-            for j, col in enumerate(scores.T)
-        ]
-    )
-    return i2t, t2i
+def exact_integers(*arrays: np.ndarray) -> list[np.ndarray]:
+    """The arrays' values as Python ints on one common power-of-two scale: exact, so their
+    dot products are the real ones (times a positive constant), with no rounding at all."""
+    floats = [np.asarray(a, dtype=np.float64) for a in arrays]
+    low = min(int(np.frexp(a)[1][a != 0].min(initial=0)) for a in floats) - 53
+    out = []
+    for a in floats:
+        mantissa, exponent = np.frexp(a)
+        ints = (mantissa * 2.0**53).astype(np.int64)  # exact: 53 significant bits
+        obj = np.empty(a.shape, dtype=object)
+        for idx in np.ndindex(a.shape):
+            obj[idx] = int(ints[idx]) * 2 ** int(exponent[idx] - 53 - low) if ints[idx] else 0
+        out.append(obj)
+    return out
+
+
+def exact_ranks(images: np.ndarray, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks by the documented tie rule over the EXACT scores (integer arithmetic): what no
+    summation order, BLAS kernel or CPU can change."""
+    ims, caps = exact_integers(images, captions)
+    scores = ims.dot(caps.T)
+
+    def position(row: np.ndarray, j: int) -> int:
+        return int(np.count_nonzero(row > row[j]) + np.count_nonzero(row[j + 1 :] == row[j]))
+
+    n = images.shape[0]
+    i2t = [min(position(scores[i], 5 * i + c) for c in range(5)) for i in range(n)]
+    t2i = [position(scores[:, j], j // 5) for j in range(5 * n)]
+    return np.array(i2t), np.array(t2i)
+
+
+EXACT_CASES = [
+    pytest.param(random_pairs(120, 32, 3), id="n120"),
+    pytest.param(tied_pairs(23, 5, 4), id="ties-n23"),
+    pytest.param(near_tie_pairs(150, 32, 13, 1e-4), id="near-ties-1e-8"),
+    pytest.param(near_tie_pairs(120, 64, 14, 1e-5), id="near-ties-1e-10"),
+    pytest.param(near_tie_pairs(90, 16, 15, 3e-6), id="near-ties-1e-11"),
+    pytest.param(
+        tuple(x.astype(np.float32) for x in near_tie_pairs(100, 24, 17, 1e-4)), id="f32-near-ties"
+    ),
+]
+
+
+@pytest.mark.parametrize("data", EXACT_CASES)
+def test_ranks_are_the_exact_scores_ranks_in_any_summation_order(
+    data: tuple[np.ndarray, ...],
+) -> None:
+    """Both paths give the ranks of the exact scores, exact copies tied by the index rule,
+    whatever order the products are summed in: the dimensions as given, reversed (what
+    another CPU's kernel does to the float64 sums) and shuffled, in one chunk and many."""
+    from vsepp.evaluation import both_ranks
+
+    images, captions = data
+    want = exact_ranks(images, captions)
+    d = images.shape[1]
+    orders = [np.arange(d), np.arange(d)[::-1], np.random.default_rng(d).permutation(d)]
+    for order in orders:
+        ims, caps = np.ascontiguousarray(images[:, order]), np.ascontiguousarray(captions[:, order])
+        for precision, max_bytes in (("float64", DEFAULT_MAX_BYTES), ("float64", 4096),
+                                     ("mixed", DEFAULT_MAX_BYTES), ("mixed", 4096)):  # fmt: skip
+            got = both_ranks(ims, caps, precision=precision, max_bytes=max_bytes)  # type: ignore[arg-type]
+            np.testing.assert_array_equal(got[0], want[0], err_msg=f"i2t {precision} {max_bytes}")
+            np.testing.assert_array_equal(got[1], want[1], err_msg=f"t2i {precision} {max_bytes}")
+
+
+def test_float64_scores_alone_break_exact_ties() -> None:
+    """The case is real: float64 products in two summation orders disagree on some pair this
+    set ranks by an exact tie or a near tie, so a float64 reference alone is not portable."""
+    images, captions = near_tie_pairs(150, 32, 13, 1e-4)
+    forward = images @ captions.T
+    backward = images[:, ::-1] @ captions[:, ::-1].T
+    assert not np.array_equal(forward, backward)
 
 
 def test_mixed_precision_blocks_span_rows_and_columns() -> None:
     """More captions than a block's columns and images than its rows, a narrower last block
-    (padding), near ties and exact copies, float64 and float32 input: the tie rule's ranks.
-
-    The reference scores pair by pair: a BLAS product can score two exact copies of an
-    image differently in the last bit (it does on this set: image 322, a copy of image 1,
-    in ``images @ captions.T``), which breaks their tie for the float64 path.
-    """
+    (padding), near ties and exact copies, float64 and float32 input: the exact ranks."""
     from vsepp.evaluation import both_ranks
 
     images, captions = near_tie_pairs(430, 16, 16, 1e-4)
     for ims, caps in ((images, captions), (images.astype(np.float32), captions.astype(np.float32))):
-        want = tie_rule_ranks(ims, caps)
+        want = exact_ranks(ims, caps)
         # 2,150 captions: a block of 2,040 columns and one of 110; 7 or all 430 rows a block.
         for max_bytes in (8 * 2 * 2040 * 7, DEFAULT_MAX_BYTES):
             got = both_ranks(ims, caps, precision="mixed", max_bytes=max_bytes)
@@ -434,3 +484,30 @@ def test_unknown_precision_is_an_error() -> None:
     images, captions = random_pairs(2, 4, 0)
     with pytest.raises(ValueError, match="precision"):
         evaluate(images, captions, precision="float16")  # type: ignore[arg-type]
+
+
+def test_difference_signs_are_exact() -> None:
+    """sign(q.a - q.b) of the real values: where float64 sums cancel to the wrong sign, on
+    exact ties, and for entries too small or too large for exact float64 products (the
+    Fraction fallback), against Fraction arithmetic."""
+    from fractions import Fraction
+
+    from vsepp.exact import difference_signs
+
+    def fraction_sign(q: np.ndarray, a: np.ndarray, b: np.ndarray) -> int:
+        terms = zip(q, a, b, strict=True)
+        total = sum(Fraction(x) * (Fraction(y) - Fraction(z)) for x, y, z in terms)
+        return (total > 0) - (total < 0)
+
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((200, 7))
+    a = rng.standard_normal((200, 7))
+    b = a + rng.standard_normal((200, 7)) * 1e-15 * (rng.random((200, 1)) < 0.5)
+    b[::9] = a[::9]  # exact ties
+    q[5], a[5], b[5] = [1.0, 1.0, 1.0, 0, 0, 0, 0], [1e16, 1.0, -1e16, 0, 0, 0, 0], np.zeros(7)
+    q[6, 0], a[6, 1], b[6, 2] = 1e-300, 1e200, 3e-310  # outside TwoProduct's exact range
+    assert np.float64(q[5] @ a[5]) == 0.0  # float64 says a tie; the exact value is 1
+    got = difference_signs(q, a, b)
+    want = [fraction_sign(*rows) for rows in zip(q, a, b, strict=True)]
+    np.testing.assert_array_equal(got, want)
+    assert got[5] == 1 and (got[::9] == 0).all()

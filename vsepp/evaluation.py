@@ -21,6 +21,16 @@ ascending sort reversed would, i.e. among equal scores the HIGHER index comes fi
   ranking of all 5N captions by ``scores[i, :]``.
 - t2i rank of caption j: the position of image ``j // 5`` in the ranking of all N images
   by ``scores[:, j]``.
+
+The guarantee, for cosine: the ranks are those of the EXACT scores of the given vectors
+(real dot products, no rounding), ties broken by the rule above, on every CPU and in both
+paths. Rounded float64 scores alone cannot give that: their last bits depend on the BLAS
+kernel's summation order (OpenBLAS sums differently with AVX-512 than with AVX2), and even on
+a row's place in the kernel's tiles, so two exact copies of a vector can score an ulp apart.
+So wherever two of a query's float64 scores are closer than float64's error bound
+(gamma_D * ||q|| * max ||k||, doubled), the pair is decided by `vsepp.exact`, which computes
+the sign of their exact difference. Order scores are elementwise numpy sums, the same on
+every CPU, and are ranked as computed.
 """
 
 from __future__ import annotations
@@ -31,6 +41,8 @@ from typing import Any, Literal, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+
+from vsepp.exact import ranked_before
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +61,7 @@ _BYTES_PER_SCORE = _SCORE_BYTES + 4
 ArrayLike = npt.ArrayLike
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 
 class RecallMetrics(TypedDict):
@@ -146,49 +159,116 @@ def _caption_scores(
     return captions @ images.T
 
 
-def _positions(scores: FloatArray, true_index: IntArray) -> IntArray:
-    """0-based position of ``scores[r, true_index[r]]`` in row r's ranking (ties: higher first)."""
+class _Near:
+    """What decides the keys a float64 score cannot: per query row, a bound on the
+    difference of two of its float64 scores' errors, and the exact judge of a pair."""
+
+    def __init__(self, queries: np.ndarray, keys: np.ndarray, bound: FloatArray) -> None:
+        self.queries, self.keys, self.bound = queries, keys, bound
+
+    def rows(self, first: int, last: int) -> _Near:
+        """The same for query rows ``first..last-1`` numbered from 0."""
+        return _Near(self.queries[first:last], self.keys, self.bound[first:last])
+
+    def before(self, query: IntArray, key: IntArray, positive: IntArray) -> BoolArray:
+        """Whether ``key`` ranks before ``positive`` for ``query`` (exact scores, tie rule)."""
+        return ranked_before(self.queries, self.keys, query, key, positive)
+
+
+def _near(queries: np.ndarray, keys: np.ndarray) -> _Near:
+    """The float64 error bound of scores ``queries @ keys.T``, and the exact judge."""
+    q_norm, k_norm = _norms(queries), _norms(keys)
+    return _Near(queries, keys, _float64_bound(queries.shape[1]) * q_norm * float(k_norm.max()))
+
+
+def _norms(x: np.ndarray) -> FloatArray:
+    """Row norms in float64, in chunks (a float32 input is not copied whole)."""
+    out = np.empty(x.shape[0])
+    for a, b in _chunks(x.shape[0], max(1, 2**22 // max(1, x.shape[1]))):
+        rows = np.asarray(x[a:b], dtype=np.float64)
+        out[a:b] = np.sqrt(_dot_rows(rows, rows))
+    return out
+
+
+def _positions(scores: FloatArray, true_index: IntArray, near: _Near | None = None) -> IntArray:
+    """0-based position of ``scores[r, true_index[r]]`` in row r's ranking (ties: higher first).
+
+    With ``near`` (cosine), keys whose score is within the bound of the positive's are ranked
+    by their exact scores; without it (order scores, made the same way on every CPU), equal
+    scores are the ties.
+    """
     rows = np.arange(scores.shape[0])
     true = scores[rows, true_index][:, np.newaxis]
-    position = np.count_nonzero(scores > true, axis=1).astype(np.int64)
-    equal = scores == true
-    # Exact ties are rare in real embeddings (duplicate captions), so only the rows that
-    # have one pay for the index mask.
-    tied = np.flatnonzero(np.count_nonzero(equal, axis=1) > 1)
-    if tied.size:
-        later = np.arange(scores.shape[1])[np.newaxis, :] > true_index[tied, np.newaxis]
-        position[tied] += np.count_nonzero(equal[tied] & later, axis=1)
+    bound = near.bound[:, np.newaxis] if near is not None else 0.0
+    hi, lo = true + bound, true - bound
+    position = np.count_nonzero(scores > hi, axis=1).astype(np.int64)
+    # The positive itself is in its own band; only rows with another key there (duplicate
+    # vectors, near ties: rare in real embeddings) pay for the pairs.
+    band = np.count_nonzero(scores >= lo, axis=1) - position
+    busy = np.flatnonzero(band > 1)
+    if busy.size:
+        sub = scores[busy]
+        r, key = np.nonzero((sub >= lo[busy]) & (sub <= hi[busy]))
+        query = busy[r]
+        positive = true_index[query]
+        other = key != positive
+        query, key, positive = query[other], key[other], positive[other]
+        before = near.before(query, key, positive) if near is not None else key > positive
+        position += np.bincount(query[before], minlength=scores.shape[0])
     return position
 
 
-def _i2t_positions(scores: FloatArray, first_image: int) -> IntArray:
+def _best_of_five(own: FloatArray, first_image: int, near: _Near | None) -> IntArray:
+    """Which of each image's five captions (0..4) ranks first: the highest score, the higher
+    index on a tie; with ``near``, by exact scores among those within the bound of the top."""
+    # argmax over the reversed block finds the higher index on an exact tie (argmax returns
+    # the first maximum).
+    best = CAPTIONS_PER_IMAGE - 1 - np.argmax(own[:, ::-1], axis=1)
+    if near is None:
+        return best
+    rows = np.arange(own.shape[0])
+    close = own >= (own[rows, best] - near.bound)[:, np.newaxis]
+    for r in np.flatnonzero(np.count_nonzero(close, axis=1) > 1):
+        caption = (first_image + r) * CAPTIONS_PER_IMAGE
+        winner = int(best[r])
+        for c in np.flatnonzero(close[r]):
+            pair = np.array([r]), np.array([caption + c]), np.array([caption + winner])
+            if c != winner and near.before(*pair)[0]:
+                winner = int(c)
+        best[r] = winner
+    return best
+
+
+def _i2t_positions(scores: FloatArray, first_image: int, near: _Near | None = None) -> IntArray:
     """i2t ranks of images ``first_image..`` from their score rows against all captions."""
     images = first_image + np.arange(scores.shape[0])
     owned = images[:, np.newaxis] * CAPTIONS_PER_IMAGE + np.arange(CAPTIONS_PER_IMAGE)
     own_scores = np.take_along_axis(scores, owned, axis=1)
-    # The smallest of the five positions is the position of the caption ranked first among
-    # them: the highest score, the higher index on a tie, which argmax over the reversed
-    # block finds (argmax returns the first maximum).
-    best = CAPTIONS_PER_IMAGE - 1 - np.argmax(own_scores[:, ::-1], axis=1)
-    return _positions(scores, owned[np.arange(len(images)), best])
+    # The smallest of the five positions is the position of the caption ranked first.
+    best = _best_of_five(own_scores, first_image, near)
+    return _positions(scores, owned[np.arange(len(images)), best], near)
 
 
 def _i2t(images: FloatArray, captions: FloatArray, measure: str, max_bytes: int) -> IntArray:
     ranks = np.empty(images.shape[0], dtype=np.int64)
     rows = _rows_per_chunk(captions.shape[0], max_bytes)
+    near = _near(images, captions) if measure == "cosine" else None
     for start, stop in _chunks(images.shape[0], rows):
         scores = _scores(images[start:stop], captions, measure, max_bytes)
-        ranks[start:stop] = _i2t_positions(scores, start)
+        chunk = near.rows(start, stop) if near is not None else None
+        ranks[start:stop] = _i2t_positions(scores, start, chunk)
     return ranks
 
 
 def _t2i(images: FloatArray, captions: FloatArray, measure: str, max_bytes: int) -> IntArray:
     ranks = np.empty(captions.shape[0], dtype=np.int64)
     rows = _rows_per_chunk(images.shape[0], max_bytes)
+    near = _near(captions, images) if measure == "cosine" else None
     for start, stop in _chunks(captions.shape[0], rows):
         scores = _caption_scores(captions[start:stop], images, measure, max_bytes)
         owners = np.arange(start, stop, dtype=np.int64) // CAPTIONS_PER_IMAGE
-        ranks[start:stop] = _positions(scores, owners)
+        chunk = near.rows(start, stop) if near is not None else None
+        ranks[start:stop] = _positions(scores, owners, chunk)
     return ranks
 
 
@@ -200,7 +280,10 @@ def _both_ranks(
     if n_images * n_captions * _BYTES_PER_SCORE <= max_bytes // 2:
         scores = _scores(images, captions, measure, max_bytes)
         owners = np.arange(n_captions, dtype=np.int64) // CAPTIONS_PER_IMAGE
-        return _i2t_positions(scores, 0), _positions(scores.T, owners)
+        if measure != "cosine":
+            return _i2t_positions(scores, 0), _positions(scores.T, owners)
+        i2t_near, t2i_near = _near(images, captions), _near(captions, images)
+        return _i2t_positions(scores, 0, i2t_near), _positions(scores.T, owners, t2i_near)
     logger.debug("score matrix %dx%d over budget: chunking", n_images, n_captions)
     return _i2t(images, captions, measure, max_bytes), _t2i(images, captions, measure, max_bytes)
 
@@ -227,6 +310,14 @@ def _float32_bound(dim: int) -> float:
     """
     c = 2 * _U32 + _U32**2 + _gamma(dim, _U32) * (1 + _U32) ** 2 + 2 * _gamma(dim + 2, _U64)
     return 2.0 * c
+
+
+def _float64_bound(dim: int) -> float:
+    """c such that two float64 scores of a query, each made in any summation order (any BLAS
+    kernel, FMA or not), have a difference within c * ||q|| * max ||k|| of the exact one:
+    gamma_D * ||q|| * ||k|| each (Cauchy-Schwarz, as above). Doubled for safety: the bound
+    only decides what is compared exactly."""
+    return 2.0 * 2 * _gamma(dim, _U64)
 
 
 def _outward(true_score: FloatArray, bound: FloatArray) -> tuple[np.ndarray, np.ndarray]:
@@ -284,10 +375,13 @@ def _own_scores_and_norms(
 
 class _Direction:
     """One retrieval direction of the mixed path: for each query its positive's float64
-    score and key, float32 thresholds around it, and the position counted so far."""
+    score and key, float32 thresholds around it, what decides float64 near ties, and the
+    position counted so far."""
 
-    def __init__(self, true_key: IntArray, true_score: FloatArray, bound: FloatArray) -> None:
-        self.key, self.score = true_key, true_score
+    def __init__(
+        self, true_key: IntArray, true_score: FloatArray, bound: FloatArray, near: _Near
+    ) -> None:
+        self.key, self.score, self.near = true_key, true_score, near
         self.lo, self.hi = _outward(true_score, bound)
         self.position = np.zeros(true_key.size, dtype=np.int64)
 
@@ -360,9 +454,13 @@ def _count_block(
     key = keys.start + cols
     others = key != true_key[query]  # the positive itself ranks after itself
     query, key = query[others], key[others]
-    exact = rescore(queries.start + query, key)
+    rescored = rescore(queries.start + query, key)
     t, j = d.score[queries][query], true_key[query]
-    before = (exact > t) | ((exact == t) & (key > j))
+    bound = d.near.bound[queries][query]
+    before = rescored > t + bound
+    # Within float64's own error of the positive: the exact scores decide.
+    near = np.flatnonzero(~before & (rescored >= t - bound))
+    before[near] = d.near.before(queries.start + query[near], key[near], j[near])
     d.position[queries] += np.bincount(query[before], minlength=band.size)
 
 
@@ -380,18 +478,22 @@ def _both_ranks_mixed(
     """
     n, n_caps = images.shape[0], captions.shape[0]
     own, im_norm, cap_norm = _own_scores_and_norms(images, captions, max_bytes)
-    # The image's best caption: highest score, the higher index on a tie (see _i2t_positions).
-    best = CAPTIONS_PER_IMAGE - 1 - np.argmax(own[:, ::-1], axis=1)
-    c = _float32_bound(images.shape[1])
+    c, c64 = _float32_bound(images.shape[1]), _float64_bound(images.shape[1])
+    i2t_near = _Near(images, captions, c64 * im_norm * float(np.max(cap_norm)))
+    t2i_near = _Near(captions, images, c64 * cap_norm * float(np.max(im_norm)))
+    # The image's caption that ranks first (see _i2t_positions).
+    best = _best_of_five(own, 0, i2t_near)
     i2t = _Direction(
         np.arange(n) * CAPTIONS_PER_IMAGE + best,
         own[np.arange(n), best],
         c * im_norm * float(np.max(cap_norm)),
+        i2t_near,
     )
     t2i = _Direction(
         np.arange(n_caps, dtype=np.int64) // CAPTIONS_PER_IMAGE,
         own.reshape(-1),
         c * cap_norm * float(np.max(im_norm)),
+        t2i_near,
     )
     im32 = np.asarray(images, dtype=np.float32)
     cap32 = np.asarray(captions, dtype=np.float32)
@@ -523,15 +625,13 @@ def evaluate(
     """Both directions on the whole set: ``{"i2t", "t2i", "rsum", "n_images"}``.
 
     With ``precision="mixed"`` cosine ranks are scored in float32 and re-scored in float64
-    only where float32's error bound cannot separate a key from the query's positive: the
-    ranks of the float64 scores (``precision="float64"``, the original's arithmetic) with
-    one float32 product for both directions. ``"auto"`` (the default) is mixed for cosine and
-    float64 for order. Re-scores are single float64 dot products, so a key whose float64
-    score differs from the positive's by less than float64's own rounding (~1e-16) can order
-    differently from a BLAS product. Exact copies of a vector always score alike in a
-    re-score; in a BLAS product they need not (the last bit can depend on the row's place in
-    the kernel's tiles), so with duplicate vectors the float64 path's tie rule can break where
-    mixed precision's holds (tests/test_evaluation.py has such a set).
+    only where float32's error bound cannot separate a key from the query's positive, with
+    one float32 product for both directions; ``precision="float64"`` scores everything in
+    float64, the original's arithmetic. ``"auto"`` (the default) is mixed for cosine and
+    float64 for order. Both give exactly the ranks of the exact scores (the module's
+    docstring): a key within float64's own error bound of the positive (duplicates, ties
+    under 1e-15) is ranked by its exact score, so the ranks do not depend on the CPU, its
+    BLAS kernel or the blocking, and the two paths always agree.
 
     With ``fold5`` (COCO's protocol; needs N divisible by 5) it adds ``"folds"``, the five
     consecutive N/5-image folds (1K each on the 5K test set) each evaluated on its own, and
