@@ -18,6 +18,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
+from vsepp.model_dir import EncoderFailure
+
 logger = logging.getLogger(__name__)
 
 MAX_ECHO_CHARS = 500  # echoed client input beyond this is cut
@@ -68,6 +70,14 @@ def allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+async def encoder_failure(request: Request, exc: Exception) -> Response:
+    """The model failed (graph, kernel, memory), not the request: 500 naming that much."""
+    logger.exception("the encoder failed on %s %s", request.method, request.url.path)
+    name = type(exc.__cause__).__name__ if exc.__cause__ is not None else type(exc).__name__
+    detail = f"the encoder failed ({name}), not because of the request; see the server log"
+    return JSONResponse({"detail": detail}, status_code=500)
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     """A bug: logged with its traceback, answered 500 without internals."""
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -83,4 +93,5 @@ def install(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
     ]
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(EncoderFailure, encoder_failure)
     app.add_exception_handler(Exception, unexpected_error)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from vsepp.model_dir import EncoderFailure
 from vsepp.precision import PRECISIONS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -96,6 +97,11 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         log.debug("stopped by", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR
+    except EncoderFailure as e:
+        # Not the input's fault: exit 1 as for any failure, but in one line that names it.
+        log.debug("stopped by", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

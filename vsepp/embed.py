@@ -2,7 +2,9 @@
 
 Typed against `vsepp.model_dir.EncodersLike`, so tests can hand in a small stand-in. Every
 file goes through the one decoder (`vsepp.images`). An image that cannot be read or decoded
-is skipped, logged and reported with its reason; it never stops a build.
+(an `ImageFileError`) is skipped, logged and reported with its reason; it never stops a
+build. Any other failure (the model's graph, a kernel, memory: `EncoderFailure`) is not the
+file's and stops it, so that a broken model is never filed as a folder of bad images.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ def embed_blobs(
     """Embed image files in one call: (vectors [m, D] of the usable ones, in order; per blob
     None or why it could not be embedded).
 
-    A batch the model rejects is retried one image at a time so that a single corrupt file
-    costs only itself. A model answer of the wrong shape is an EncoderOutputError.
+    A batch with a file the decoder rejects is retried one image at a time so that a single
+    corrupt file costs only itself. Every other error propagates: a model answer of the
+    wrong shape (EncoderOutputError), the encoder failing (EncoderFailure).
     """
     dim = int(encoders.embed_dim)
     if not blobs:
@@ -59,20 +62,13 @@ def embed_blobs(
     reasons: list[str | None] = [None] * len(blobs)
     try:
         out = _checked(encoders.encode_image_bytes(blobs), len(blobs), dim, "images")
-    except EncoderOutputError:
-        raise
-    except Exception:  # a decode error somewhere in the batch: find it
+    except ImageFileError:  # a file in the batch the decoder rejects: find it
         rows = []
         for i, blob in enumerate(blobs):
             try:
                 rows.append(_checked(encoders.encode_image_bytes([blob]), 1, dim, "images"))
-            except EncoderOutputError:
-                raise
             except ImageFileError as e:
                 reasons[i] = f"{e.reason}: {e}"
-            except Exception as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                reasons[i] = f"not a decodable image: {type(e).__name__} {first[:200]}"
         out = np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)
     finite = np.isfinite(out).all(axis=1)
     if not finite.all():

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,10 +105,20 @@ class Encoders:
                 raise ImageFileError(e.reason, _nth(i, len(blobs), str(e))) from e
         try:
             out = self._encode_bytes(self._tf.constant(canonical, dtype=self._tf.string))
-        except self._tf.errors.InvalidArgumentError as e:
+        except self._tf.errors.OpError as e:
+            message = e.message or str(e)
+            invalid = isinstance(e, self._tf.errors.InvalidArgumentError)
+            decoder = invalid and _DECODER.search(message)
+            if not decoder:
+                # Not the file: a graph failure, a missing kernel, out of memory. It stops
+                # whatever embeds, and is never filed as a bad image.
+                raise EncoderFailure(
+                    f"the image encoder failed on {len(blobs)} image(s), not because of the "
+                    f"files: {type(e).__name__}: {_first_line(message)}"
+                ) from e
             # TensorFlow's decoder found a truncated or corrupt JPEG/PNG body.
             # TensorFlow's message is a traceback; the decoder's own words say what broke.
-            lines = [x.strip() for x in (e.message or str(e)).splitlines()]
+            lines = [x.strip() for x in message.splitlines()]
             said = [x for x in lines if "Invalid" in x or "failed" in x or "corrupt" in x]
             first = (said or ["the decoder refused it"])[0][:200]
             where = "the image" if len(blobs) == 1 else f"one of the {len(blobs)} images"
@@ -144,6 +155,24 @@ def model_facts(encoders: EncodersLike) -> dict[str, Any]:
         "image_size": manifest.get("image", {}).get("image_size"),
         "precision": getattr(encoders, "precision", "float32"),
     }
+
+
+class EncoderFailure(RuntimeError):
+    """The encoder itself failed (graph execution, kernel, memory): no file is to blame."""
+
+
+# The graph nodes whose InvalidArgumentError means "this file's body is corrupt": TF's
+# decoders name the failing node in the message ("node map/while/cond/.../DecodeJpeg").
+_DECODER = re.compile(
+    r"node (?:[^\s\]]*/)?(?:Decode(?:Jpeg|Png|Image|Gif|Bmp|AndCropJpeg)|ExtractJpegShape)\b"
+)
+
+
+def _first_line(message: str) -> str:
+    """The first line of a TensorFlow message that says something (not its traceback head)."""
+    lines = [x.strip() for x in message.splitlines() if x.strip()]
+    said = [x for x in lines if not x.startswith(("Graph execution error", "Detected at", "<"))]
+    return (said or lines or ["(no message)"])[0][:300]
 
 
 def _nth(i: int, n: int, message: str) -> str:
