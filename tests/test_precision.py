@@ -1,20 +1,21 @@
 """`--precision bfloat16`: the image encoder's matrix ops in bfloat16, vectors that agree
-with float32 (cosine >= 0.999) and retrieval that does too (R@K within 0.5 points)."""
+with float32 (cosine >= 0.999) and retrieval that does too (R@K within 1.5 points on the
+small fixture model, measured on a set where one item is at most 0.25 points)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from index import build
-from index.evaluate import main as evaluate_main
-from index.faiss_index import exact_vectors
 from index.store import load_index
 from tests.conftest import demo_flags
 from tests.model_helpers import export_untrained
+from vsepp.datasets import load_split
+from vsepp.embed import embed_images, embed_texts
+from vsepp.evaluation import evaluate
 from vsepp.images import read_image_file
 from vsepp.model_dir import load_encoders
 
@@ -58,28 +59,38 @@ def test_build_records_its_precision(model: Path, demo_data_dir: Path, tmp_path:
     assert load_index(tmp_path / "index").manifest["model"]["precision"] == "bfloat16"
 
 
-def test_bfloat16_recall_is_float32s(
-    demo_model_dir: Path, demo_index_dir: Path, demo_data_dir: Path, tmp_path: Path
-) -> None:
-    """On the trained demo model: an index embedded in bfloat16 ranks as the float32 one."""
-    out = tmp_path / "bf16-index"
-    argv = [*demo_flags(demo_data_dir), "--model_dir", str(demo_model_dir),
-            "--imgs_file_path", str(demo_data_dir / "Flickr_8k.testImages.txt"),
-            "--precision", "bfloat16", "--out", str(out)]  # fmt: skip
-    assert build.main(argv) == 0
-    metrics = {}
-    for name, index in (("float32", demo_index_dir), ("bfloat16", out)):
-        path = tmp_path / f"{name}.json"
-        assert evaluate_main(["--index", str(index), "--metrics_out", str(path)]) == 0
-        metrics[name] = json.loads(path.read_text())
-    # Shown with `pytest -s`: the figures benchmarks/README.md records.
+def test_bfloat16_recall_is_float32s(demo_model_dir: Path, demo_data_dir: Path) -> None:
+    """On a trained model, bfloat16 image vectors rank as float32's: every vector at cosine
+    >= 0.999, R@1/5/10 within 1.5 points both ways.
+
+    Measured on the fixture model's 400 training images and their 2,000 captions, embedded
+    as `index.build` embeds: one image is 0.25 points of i2t, one caption 0.05 of t2i (on
+    the 40 test images one image is 2.5 points, coarser than any useful tolerance). This
+    small model (R@1 about 35) is far less separated than the demo model, whose 1K test
+    split bfloat16 moved by at most 0.1 point (benchmarks/README.md). Here bfloat16 moved
+    R@K by up to 0.75 points (3 images; 12 captions were 0.6) with AVX512_BF16 and with the
+    AVX2 stand-in of `.ci/run`; the tolerance, 1.5 points (6 images, 30 captions), is twice
+    that, and a bfloat16 that really degraded retrieval would move tens of points.
+    """
+    data = demo_data_dir
+    split = load_split(data / "Flicker8k_Dataset", data / "Flickr8k.token.txt",
+                       data / "Flickr_8k.trainImages.txt")  # fmt: skip
+    ids, paths = list(split.image_ids), list(split.image_paths)
+    f32 = load_encoders(demo_model_dir)
+    captions = embed_texts(f32, [c for i in range(len(ids)) for c in split.captions_of(i)])
+    vectors = {}
+    bf16 = load_encoders(demo_model_dir, "bfloat16")
+    for precision, encoders in (("float32", f32), ("bfloat16", bf16)):
+        out, kept, skipped = embed_images(encoders, ids, paths)
+        assert len(kept) == len(ids) and not skipped
+        vectors[precision] = out
+    assert (np.sum(vectors["float32"] * vectors["bfloat16"], axis=1) >= 0.999).all()
+    assert not np.array_equal(vectors["float32"], vectors["bfloat16"])
+    metrics = {p: evaluate(v, captions) for p, v in vectors.items()}
+    # Shown with `pytest -s`.
     print({p: {w: [m[w][k] for k in ("r1", "r5", "r10")] for w in ("i2t", "t2i")}
            for p, m in metrics.items()})  # fmt: skip
     for way in ("i2t", "t2i"):
         for key in ("r1", "r5", "r10"):
             got, want = metrics["bfloat16"][way][key], metrics["float32"][way][key]
-            assert abs(got - want) <= 0.5, (way, key, got, want)
-    f32 = exact_vectors(load_index(demo_index_dir).image_index)
-    bf16 = exact_vectors(load_index(out).image_index)
-    assert f32 is not None and bf16 is not None
-    assert (np.sum(f32 * bf16, axis=1) >= 0.999).all()
+            assert abs(got - want) <= 1.5, (way, key, got, want)
