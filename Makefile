@@ -6,15 +6,18 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# The extras `make install` adds: the tools, and Apache Beam (index.beam_embed, tested too).
-EXTRAS ?= dev,beam
+# Exactly the locked versions, hash-checked: the project's dependencies with its dev and beam
+# extras (the tools, and Apache Beam for index.beam_embed, tested too), for Python 3.11-3.13.
+LOCK := requirements/lock.txt
 
 .PHONY: install demo test lint format lock clean
 
-$(STAMP): pyproject.toml
+# The lock first, then the project alone (--no-deps), built with the locked setuptools.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,11 +41,13 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-# Pins with hashes of what pyproject.toml's ranges resolve to now (requirements/lock.sh says
-# which file is for what); the Docker build installs from requirements/image.lock.txt.
+# Moves the pins on purpose: what pyproject.toml's ranges resolve to now, with hashes
+# (requirements/lock.sh says which file is for what; the Docker build installs from
+# requirements/image.lock.txt), then installs them and runs the fast lane on them.
 lock: install
 	test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet 'uv>=0.9,<1'
 	UV=$(VENV)/bin/uv PYTHON=$(PY) bash requirements/lock.sh
+	$(MAKE) test PYTEST_ARGS='-m "not slow"'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -7,8 +7,8 @@
 #   requirements/image.lock.txt  the serving image's dependencies (Dockerfile): the same pins,
 #                                with TensorFlow's CPU-only wheel, tensorflow-cpu, on x86_64
 #
-# `make install` (and so `make test`, `make demo`) still installs from pyproject.toml's
-# ranges; the Docker build installs from image.lock.txt. Settings: UV (default uv on PATH),
+# `make install` (and so `make test`, `make demo`, CI) installs lock.txt, then the project with
+# --no-deps; the Docker build installs from image.lock.txt. Settings: UV (default uv on PATH),
 # PYTHON (default python3, 3.11 or later for tomllib).
 set -euo pipefail
 cd "$(dirname "$0")/.."
