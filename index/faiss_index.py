@@ -379,9 +379,9 @@ def tune_with_truth(
     """Smallest power of two for `name` whose recall against `truth` (exact top-k rows of
     `queries`) reaches `target_recall`.
 
-    Stops early, at the last value that gained anything, when doubling no longer raises
-    recall (an IVF-PQ limited by its codes and k_factor, not by nprobe). Returns (value,
-    recall at that value).
+    Stops early, at the value before, when a doubling gains less than PLATEAU (half a point)
+    of recall: the curve has flattened (an IVF-PQ limited by its codes and k_factor, not by
+    nprobe; or two points bought for many times the cost). Returns (value, recall at it).
     """
     k = truth.shape[1]
     value = 16 if name == "efSearch" else 1

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vsepp.datasets import SplitData
 from vsepp.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -271,13 +270,6 @@ def _plain(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- other sources
-
-
-def split_images(split: SplitData) -> Iterator[SourceImage]:
-    """A dataset split's images with their captions."""
-    k = split.captions_per_image
-    for i, (image_id, path) in enumerate(zip(split.image_ids, split.image_paths, strict=True)):
-        yield SourceImage(image_id, Path(path), tuple(split.captions[k * i : k * i + k]))
 
 
 def read_caption_corpus(path: str | os.PathLike[str]) -> list[str]:

@@ -23,7 +23,6 @@ the recall@10 the manifest records.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -357,11 +356,6 @@ def _write_part(part: faiss.Index, scratch: Path, side: str, number: int) -> Pat
     path = scratch / f"{side}.part-{number:05d}.faiss"
     faiss.write_index(part, str(path))
     return path
-
-
-def ondisk_file_bytes(index_path: Path, ivfdata: Path | None) -> int:
-    """Bytes on disk of an index file and its .ivfdata."""
-    return os.path.getsize(index_path) + (os.path.getsize(ivfdata) if ivfdata else 0)
 
 
 def budgeted_parts(

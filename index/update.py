@@ -1,4 +1,4 @@
-"""Keeping an index directory current: append images and captions.
+"""Keeping an index directory current: append images and captions, and remove images.
 
 `add_to_index` is the model-free core: it loads the directory into memory, adds the new
 vectors to both FAISS indexes (a trained IVF / IVF-PQ keeps its centroids; HNSW links the

@@ -1,9 +1,11 @@
-"""Image ops as pure TensorFlow functions, shared by the input pipeline and the exported encoder.
+"""Image ops as TensorFlow functions, shared by the input pipeline and the exported encoder.
 
-Everything here is graph-safe (no `py_function`), so the very same ops run in `tf.data` during
-training and evaluation and inside the exported image encoder SavedModel: serving sees exactly
-the pixels evaluation saw. `normalize` is the one place a backbone's own normalisation is
-applied.
+The decoding, resizing and cropping ops are pure TensorFlow, so the very same ops run in
+`tf.data` during training and evaluation and inside the exported image encoder SavedModel:
+serving sees exactly the pixels evaluation saw. One step is Python: `read_canonical` reads a
+file through `tf.numpy_function` (Pillow's canonical form, `vsepp.images`), in `tf.data`
+only; the exported encoder takes the canonical bytes. `normalize` is the one place a
+backbone's own normalisation is applied.
 """
 
 from __future__ import annotations
