@@ -54,6 +54,7 @@ from index.shards import (
 from index.source_args import collection_items, collection_source
 from index.sources import SourceImage, read_caption_corpus
 from vsepp.model_dir import EncodersLike, jpeg_min_side, load_encoders, read_model_manifest
+from vsepp.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,9 @@ def run(args: argparse.Namespace, beam_argv: Sequence[str]) -> Summary:
         known += [(r["sha256"], (position[r["image_id"]], r["image_id"], shard.number))
                   for r in shard.images]  # fmt: skip
     texts = read_caption_corpus(args.captions) if args.captions is not None else None
-    model_dir, precision = str(Path(args.model_dir).absolute()), args.precision
+    # "auto" decided once, here, so that every worker embeds in the same precision.
+    model_dir = str(Path(args.model_dir).absolute())
+    precision = resolve_precision(args.precision)
     log.info("%d images in %d shards (%d to embed) with %s", len(items), count, len(tasks),
              options.view_as(StandardOptions).runner)  # fmt: skip
     try:

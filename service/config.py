@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # batch (1 turns batching off: each query is encoded on its own in a worker thread).
     batch_window_ms: float = Field(default=0.0, ge=0.0)
     batch_max: int = Field(default=32, ge=1)
+    # Precision of the image encoder for uploads: auto (bfloat16 where the CPU has AVX512_BF16
+    # or AMX, float32 elsewhere, as `index.build` decides), float32 or bfloat16.
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
     # Images decoded and encoded at once; bounds the memory that concurrent uploads take.
     image_concurrency: int = Field(default=2, ge=1)
     # FAISS (OpenMP) threads per search. One: a single query gains nothing from more, and

@@ -53,7 +53,7 @@ def load_objects(
         if settings.model_dir is None:
             raise RuntimeError("no model: set VSEPP_MODEL_DIR (or pass --model_dir)")
         start = time.perf_counter()
-        encoders = load_encoders(settings.model_dir)
+        encoders = load_encoders(settings.model_dir, settings.precision)
         logger.info(
             "loaded model %s from %s in %.1fs",
             encoders.model_hash[:12],

@@ -97,7 +97,7 @@ def demo_backend(model_dir: Path, index_dir: Path) -> ServiceBackend:
     from index.store import load_index
     from vsepp.model_dir import load_encoders
 
-    encoders = load_encoders(model_dir)
+    encoders = load_encoders(model_dir, "auto")  # as the service loads it (VSEPP_PRECISION)
     index = load_index(index_dir, expected_model_hash=encoders.model_hash)
     sample = next(
         (p for p in (index.image_file(i) for i in index.image_ids) if p is not None), None

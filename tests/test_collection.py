@@ -192,7 +192,7 @@ def test_parquet_and_jsonl_lists_read_the_same(tmp_path: Path) -> None:
 def _encoders(model_dir: Path) -> Any:
     from vsepp.model_dir import load_encoders
 
-    return load_encoders(model_dir)
+    return load_encoders(model_dir, "auto")  # as the service loads it (VSEPP_PRECISION)
 
 
 def test_search_your_own_photos_over_http(

@@ -13,11 +13,13 @@ from index import build
 from index.store import load_index
 from tests.conftest import demo_flags
 from tests.model_helpers import export_untrained
+from vsepp import precision as vsepp_precision
 from vsepp.datasets import load_split
 from vsepp.embed import embed_images, embed_texts
 from vsepp.evaluation import evaluate
 from vsepp.images import read_image_file
 from vsepp.model_dir import load_encoders
+from vsepp.precision import resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,41 @@ def test_bfloat16_vectors_agree_with_float32(model: Path, demo_data_dir: Path) -
     a = load_encoders(model).encode_image_arrays(arrays)
     b = bf16_encoders.encode_image_arrays(arrays)
     assert (np.sum(a * b, axis=1) >= 0.999).all() and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("flags", "chosen"),
+    [
+        ({"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"}, "bfloat16"),  # Zen 4
+        ({"avx2", "fma", "avx512f", "amx_tile", "amx_bf16"}, "bfloat16"),  # Sapphire Rapids
+        ({"avx2", "fma", "avx512f", "avx512_vnni"}, "float32"),  # AVX-512, no bfloat16
+        ({"avx2", "fma"}, "float32"),  # the AMD EPYCs without AVX-512
+        (set(), "float32"),  # flags unreadable
+    ],
+)
+def test_auto_is_bfloat16_only_where_the_cpu_has_it(flags: set[str], chosen: str) -> None:
+    assert resolve_precision("auto", flags) == chosen
+    assert resolve_precision("float32", flags) == "float32"
+    assert resolve_precision("bfloat16", flags) == "bfloat16"
+
+
+@pytest.mark.parametrize(("flags", "chosen"), [({"avx2"}, "float32"), ({"amx_bf16"}, "bfloat16")])
+def test_build_decides_auto_from_the_cpu_and_records_it(
+    model: Path,
+    demo_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: set[str],
+    chosen: str,
+) -> None:
+    """`index.build` without --precision: the CPU's flags (forced here) decide, the index
+    manifest says what they chose."""
+    monkeypatch.setattr(vsepp_precision, "cpu_flags", lambda: frozenset(flags))
+    argv = [*demo_flags(demo_data_dir), "--model_dir", str(model),
+            "--imgs_file_path", str(demo_data_dir / "Flickr_8k.testImages.txt"),
+            "--out", str(tmp_path / "index")]  # fmt: skip
+    assert build.main(argv) == 0
+    assert load_index(tmp_path / "index").manifest["model"]["precision"] == chosen
 
 
 def test_an_unknown_precision_is_refused(model: Path) -> None:

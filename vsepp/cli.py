@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from vsepp.model_dir import EncoderFailure
-from vsepp.precision import PRECISIONS
+from vsepp.precision import CHOICES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -41,10 +41,11 @@ def add_precision(p: argparse.ArgumentParser) -> None:
     """--precision of the image encoder, the same in every program that embeds."""
     p.add_argument(
         "--precision",
-        default="float32",
-        choices=PRECISIONS,
+        default="auto",
+        choices=CHOICES,
         help="bfloat16: the image encoder's convolutions and matrix products in bfloat16 "
-        "(fast on CPUs with AVX512_BF16 or AMX, emulated and slower elsewhere)",
+        "(fast on CPUs with AVX512_BF16 or AMX, emulated and slower elsewhere); auto (the "
+        "default): bfloat16 where the CPU has AVX512_BF16 or AMX, float32 elsewhere",
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vsepp.images import ImageFileError, canonical_image_bytes
-from vsepp.precision import bfloat16_function, check_precision, native_bfloat16
+from vsepp.precision import bfloat16_function, native_bfloat16, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,14 @@ class Encoders:
 
     `precision` "bfloat16" runs the image encoder's convolutions and matrix products in
     bfloat16 (`vsepp.precision`); the text encoder, a small share of the work, stays float32.
-    The vectors are float32 either way.
+    The vectors are float32 either way. "auto" is bfloat16 where the CPU computes it natively
+    and float32 elsewhere (`vsepp.precision.resolve_precision`); `self.precision` says which.
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], precision: str = "float32") -> None:
         import tensorflow as tf  # imported here so that reading a manifest stays light
 
-        check_precision(precision)
+        precision = resolve_precision(precision)
         self._tf = tf
         self.precision = precision
         self.model_dir = Path(model_dir)
@@ -209,5 +210,6 @@ def hash_tree(root: Path) -> str:
 
 
 def load_encoders(model_dir: str | os.PathLike[str], precision: str = "float32") -> Encoders:
-    """Load the exported encoders of `model_dir` (image encoder in `precision`)."""
+    """Load the exported encoders of `model_dir` (image encoder in `precision`: float32,
+    bfloat16 or auto)."""
     return Encoders(model_dir, precision)
