@@ -209,6 +209,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         if zipfile.is_zipfile(p):
             return _read_zip(p)
         with p.open("rb") as f:
+            if f.read(4) == b"PK\x03\x04":
+                raise CheckpointError("a truncated or damaged zip checkpoint (no zip directory)")
+            f.seek(0)
             return _read_legacy(f)
     except CheckpointError as e:
         raise type(e)(f"{p}: {e}") from e
@@ -226,7 +229,13 @@ def _read_legacy(f: IO[bytes]) -> Any:
     f.seek(0)
     if head[:1] != b"\x80":
         raise CheckpointError("not a torch checkpoint: it does not start with a pickle")
-    magic = SafeUnpickler(f).load()
+    try:
+        magic = SafeUnpickler(f).load()
+    except UnsafePickleError as e:
+        # A pickle, but not torch's: say so first (nothing of it was run).
+        raise CheckpointError(
+            f"not a torch checkpoint: a pickle that starts otherwise ({e})"
+        ) from e
     if magic != LEGACY_MAGIC:
         raise CheckpointError("not a torch checkpoint: wrong magic number")
     protocol = SafeUnpickler(f).load()
