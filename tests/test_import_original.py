@@ -119,6 +119,29 @@ def test_imported_model_embeds_as_the_original(
     assert read_checkpoint(checkpoint)["opt"].embed_size == 16
 
 
+@pytest.mark.parametrize(
+    ("checkpoint", "key", "cnn"),
+    [("basic_model_best.pth.tar", "basic_images", "resnet_tv(block=basic"),
+     ("vgg_model_best.pth.tar", "vgg_images", "vgg_tv(")],
+    ids=["basicblock_resnet_zip", "vgg_vse0_legacy"],
+)  # fmt: skip
+def test_other_layouts_embed_images_as_the_original(
+    checkpoint: str, key: str, cnn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """BasicBlock ResNets (resnet18/34), and VGG with its classifier and no_imgnorm (VSE0)."""
+    from vsepp.model_dir import load_encoders
+
+    rc, err = run_import(DATA / checkpoint, VOCAB, tmp_path / "m", capsys)
+    assert rc == 0, err
+    enc = load_encoders(tmp_path / "m")
+    assert enc.manifest["cnn"].startswith(cnn)
+    ref = np.load(DATA / "reference.npz")[key]
+    got = enc.encode_image_bytes(png_bytes(fixture_images()))
+    assert_close(got, ref)
+    # VSE0's vectors are not unit length: the norms must match too.
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(ref, axis=1), rtol=1e-4)
+
+
 def test_both_layouts_read_to_the_same_tensors() -> None:
     from training.original.checkpoint import read_checkpoint
 

@@ -36,6 +36,8 @@ from tests.original_fixture import (
 
 OUT = Path(__file__).parent / "original"
 WIDTH, LAYERS, EMBED, WORD_DIM, GRU_LAYERS = 2, (1, 1, 1, 1), 16, 8, 2
+VGG_CONFIG: tuple[int | str, ...] = (2, "M", 4, 4, "M", 4, "M", 4, "M", 4, "M")
+VGG_FC = 8
 
 
 class Bottleneck(nn.Module):
@@ -64,8 +66,58 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class VGG(nn.Module):
+    """torchvision's VGG layout: features (3x3 convs with bias, ReLU, 2x2 pools), a 7x7
+    average pool, the classifier Linear/ReLU/Dropout x2 (its last Linear removed, as the
+    original does)."""
+
+    def __init__(self, config: tuple[int | str, ...], fc: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for item in config:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(cin, int(item), 3, padding=1), nn.ReLU(inplace=True)]
+                cin = int(item)
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Linear(cin * 49, fc), nn.ReLU(True), nn.Dropout(), nn.Linear(fc, fc), nn.ReLU(True),
+            nn.Dropout(),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
 class ResNet(nn.Module):
-    def __init__(self, layers: tuple[int, ...], width: int) -> None:
+    def __init__(
+        self, layers: tuple[int, ...], width: int, block: type[nn.Module] = Bottleneck
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -76,8 +128,8 @@ class ResNet(nn.Module):
             planes = width * 2**i
             blocks = []
             for b in range(n):
-                blocks.append(Bottleneck(inplanes, planes, 2 if i > 0 and b == 0 else 1))
-                inplanes = planes * 4
+                blocks.append(block(inplanes, planes, 2 if i > 0 and b == 0 else 1))
+                inplanes = planes * block.expansion  # type: ignore[operator]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Sequential()  # the original replaces torchvision's fc by nothing
@@ -94,13 +146,24 @@ def l2norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self) -> None:
+    """The original's EncoderImageFull: DataParallel around a ResNet, or around a VGG's
+    features only; CNN, L2 norm, fc, L2 norm unless no_imgnorm."""
+
+    def __init__(self, kind: str = "bottleneck", no_imgnorm: bool = False) -> None:
         super().__init__()
-        self.cnn = nn.DataParallel(ResNet(LAYERS, WIDTH))
-        self.fc = nn.Linear(WIDTH * 8 * 4, EMBED)
+        self.no_imgnorm = no_imgnorm
+        if kind == "vgg":
+            self.cnn = VGG(VGG_CONFIG, VGG_FC)
+            self.cnn.features = nn.DataParallel(self.cnn.features)
+            self.fc = nn.Linear(VGG_FC, EMBED)
+        else:
+            block = Bottleneck if kind == "bottleneck" else BasicBlock
+            self.cnn = nn.DataParallel(ResNet(LAYERS, WIDTH, block))
+            self.fc = nn.Linear(WIDTH * 8 * block.expansion, EMBED)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return l2norm(self.fc(l2norm(self.cnn(images))))
+        out = self.fc(l2norm(self.cnn(images)))
+        return out if self.no_imgnorm else l2norm(out)
 
 
 class TextEncoder(nn.Module):
@@ -180,7 +243,23 @@ def main() -> None:
     legacy = {"model": numpy_states, "opt": opt, "epoch": 7, "best_rsum": 123.5, "Eiters": 999}
     (OUT / "legacy_model_best.pth.tar").write_bytes(legacy_checkpoint_bytes(legacy))
     (OUT / "fixture_vocab.pkl").write_bytes(vocab_bytes(FIXTURE_WORDS))
-    np.savez_compressed(OUT / "reference.npz", images=img_emb, captions=cap_emb)
+    # Other layouts, image side only (the text side is the same): a BasicBlock ResNet
+    # (resnet18/34) in the zip layout, a VGG with no_imgnorm (VSE0) in the legacy one.
+    others = {}
+    for kind, cnn_type, no_imgnorm in (("basic", "resnet18", False), ("vgg", "vgg16", True)):
+        enc = ImageEncoder(kind, no_imgnorm).eval()
+        randomise(enc, gen)
+        with torch.no_grad():
+            others[f"{kind}_images"] = enc(x).numpy()
+        opt_k = {**opt, "cnn_type": cnn_type, "no_imgnorm": no_imgnorm}
+        if kind == "basic":
+            ck = {"model": [enc.state_dict(), states[1]], "opt": namespace(opt_k), "epoch": 1}
+            torch.save(ck, OUT / f"{kind}_model_best.pth.tar")
+        else:
+            image_np = OrderedDict((k, v.numpy()) for k, v in enc.state_dict().items())
+            ck = {"model": [image_np, numpy_states[1]], "opt": opt_k, "epoch": 1}
+            (OUT / f"{kind}_model_best.pth.tar").write_bytes(legacy_checkpoint_bytes(ck))
+    np.savez_compressed(OUT / "reference.npz", images=img_emb, captions=cap_emb, **others)
     (OUT / "reference_ids.json").write_text(json.dumps(ids) + "\n")
     print("wrote", sorted(p.name for p in OUT.iterdir()))
 
