@@ -255,6 +255,8 @@ def test_bad_input_is_one_line_and_exit_2(
         (LEGACY, tmp_path / "missing.pkl", "no such file"),
         (VOCAB, VOCAB, "not a torch checkpoint"),
     ]
+    rc, err = run_import(LEGACY, VOCAB, tmp_path / "out", capsys, "--save_backbone_weights", "b.h5")
+    assert rc == 2 and "must end in .weights.h5" in err and not (tmp_path / "out").exists()
     for checkpoint, vocab, says in cases:
         out = tmp_path / "out"
         rc, err = run_import(checkpoint, vocab, out, capsys)

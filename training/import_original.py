@@ -219,13 +219,14 @@ def import_checkpoint(
         "imported": source,
         "training": {"data_name": opt.get("data_name"), "imported": True},
     }
-    if backbone_out is not None and backbone_model is not None:
-        backbone_out.parent.mkdir(parents=True, exist_ok=True)
-        backbone_model.save_weights(str(backbone_out))
     final = export_model(
         model_dir, image_encoder, text_encoder, None, cfg, image_cfg, extra,
         text_pipeline=pipeline, image_module=image_module,
     )  # fmt: skip
+    if backbone_out is not None and backbone_model is not None:
+        backbone_out.parent.mkdir(parents=True, exist_ok=True)
+        backbone_model.save_weights(str(backbone_out))
+        log.info("wrote the backbone's weights to %s", backbone_out)
     log.info("imported %s in %.1fs into %s", checkpoint_path, time.perf_counter() - t0, final)
     return final
 
@@ -241,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, path in (("--checkpoint", args.checkpoint), ("--vocab", args.vocab)):
         if not path.is_file():
             raise UsageError(f"{flag} {path}: no such file")
+    weights_out = args.save_backbone_weights
+    if weights_out is not None and not weights_out.name.endswith(".weights.h5"):
+        raise UsageError(f"--save_backbone_weights {weights_out}: the name must end in .weights.h5")
     if (args.model_dir / "manifest.json").exists():
         manifest = json.loads((args.model_dir / "manifest.json").read_text(encoding="utf-8"))
         if manifest.get("format") != MODEL_FORMAT:

@@ -219,7 +219,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         raise CheckpointError(
             f"{p}: not a readable torch checkpoint ({e or type(e).__name__})"
         ) from e
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError) as e:
         # Whatever a malformed pickle makes the stand-ins trip over.
         raise CheckpointError(f"{p}: not a readable torch checkpoint ({e})") from e
 
@@ -286,8 +286,9 @@ def _read_zip(p: Path) -> Any:
             member = f"{prefix}data/{key}"
             if member not in names:
                 raise CheckpointError(f"storage {key} missing ({member})")
-            raw = z.read(member)
             need = storage.numel * np.dtype(storage.dtype).itemsize
+            with z.open(member) as f:
+                raw = f.read(need)  # never more than the pickle's element count asks for
             if len(raw) < need:
                 raise CheckpointError(f"storage {key}: {len(raw)} bytes, needs {need}")
             storage.data = np.frombuffer(raw[:need], dtype=storage.dtype)
