@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vsepp.cli import LOG_FORMAT, LOG_LEVELS, UsageError, program
+from vsepp.model_dir import SEARCHABLE, read_model_manifest, search_problem
 
 logger = logging.getLogger("service")
 APP = "service.main:app"
@@ -88,6 +89,13 @@ def log_config(level: str) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until it is stopped; returns the exit status."""
     args = parse_args(argv)
+    model_dir = args.model_dir or os.environ.get("VSEPP_MODEL_DIR")
+    if model_dir:
+        # Refuse before serving a model the index cannot search (an imported *_precomp or
+        # order-embedding run), rather than report it later from /health.
+        problem = search_problem(read_model_manifest(model_dir))
+        if problem:
+            raise UsageError(f"model {model_dir} cannot be served: {problem}. {SEARCHABLE}")
     if args.model_dir:
         os.environ["VSEPP_MODEL_DIR"] = os.path.abspath(args.model_dir)
     if args.index_dir:

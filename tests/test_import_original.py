@@ -335,6 +335,11 @@ def test_precomp_run_evaluates_on_precomputed_features_and_is_not_served(
     assert not (tmp_path / "index").exists()
     assert inference_main(["--checkpoint_path", str(tmp_path / "m")]) == 2
     assert "--precomp_data" in capsys.readouterr().err
+    from service.__main__ import main as serve_main
+
+    assert serve_main(["--model_dir", str(tmp_path / "m"), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be served" in err and "can be indexed and served" in err
 
 
 def _flickr_layout(root: Path, images: np.ndarray) -> list[str]:

@@ -44,7 +44,9 @@ def test_imported_model_indexes_a_folder_and_serves_text_search(tmp_path: Path) 
     command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
                "--model_dir", str(model), "--index_dir", str(index)]  # fmt: skip
     with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT
+        )
     base_url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(base_url, process, log)
