@@ -451,3 +451,30 @@ def test_tv_backbones_are_trainer_backbones(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.model(x).numpy(), b.model(x).numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="no weights to download"):
         build_backbone("resnet152_tv", "imagenet", 224)
+
+
+def _one_tensor_file(tmp_path: Path, data: np.ndarray, rebuild: tuple[Any, ...]) -> Path:
+    """A legacy checkpoint holding one storage and one tensor made by `rebuild` over it."""
+    from tests.original_fixture import MAGIC, Storage
+
+    storage = Storage("1", data.astype("<f4"))
+    obj = {Py2Str("t"): Global("torch._utils", "_rebuild_tensor_v2", (storage, *rebuild))}
+    blob = b"".join([dumps2(MAGIC), dumps2(1001), dumps2({}), dumps2(obj), dumps2([Py2Str("1")])])
+    path = tmp_path / "one.pth"
+    path.write_bytes(blob + len(data).to_bytes(8, "little") + data.astype("<f4").tobytes())
+    return path
+
+
+def test_offsets_and_strides_are_applied_and_checked(tmp_path: Path) -> None:
+    """A transposed view at an offset reads as torch would; one reaching past its storage
+    is refused, not read out of bounds."""
+    from training.original.checkpoint import CheckpointError, read_checkpoint
+
+    data = np.arange(20, dtype=np.float32)
+    # A 3x4 transpose of the 4x3 block starting at element 5.
+    path = _one_tensor_file(tmp_path, data, (5, (3, 4), (1, 3), False, OrderedDict()))
+    got = read_checkpoint(path)["t"]
+    np.testing.assert_array_equal(got, data[5:17].reshape(4, 3).T)
+    path = _one_tensor_file(tmp_path, data, (10, (4, 4), (4, 1), False, OrderedDict()))
+    with pytest.raises(CheckpointError, match="outside its storage"):
+        read_checkpoint(path)

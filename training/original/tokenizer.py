@@ -3,8 +3,12 @@
 The original (fartashf/vsepp data.py, vocab.py) tokenises `str(caption).lower()` with
 `nltk.word_tokenize`. Under Python 2 that `lower()` acts on bytes, so only ASCII letters
 change case; on one sentence `word_tokenize` is the Treebank tokenizer (its punkt sentence
-split does nothing then), whose rules need no data. They are written twice here, tested
-against `nltk.tokenize.TreebankWordTokenizer` (tests/test_original_tokenizer.py):
+split does nothing then), whose rules need no data. Not covered: a caption of several
+sentences, where punkt would also split the period off each inner sentence ("dog. it" ->
+"dog", "."; here "dog." stays one token, usually <unk>), and the Unicode-quote rules that
+NLTK added to `word_tokenize` in late 2017 (3.2.5), after the released vocabularies. The
+rules are written twice here, tested against `nltk.tokenize.TreebankWordTokenizer`
+(tests/test_original_tokenizer.py):
 
 - `tokenize`: the rules as NLTK writes them, for Python's `re`;
 - `tf_tokenize`: the same rules for RE2 (`tf.strings.regex_replace`), which has no
