@@ -6,9 +6,10 @@ change case; on one sentence `word_tokenize` is the Treebank tokenizer (its punk
 split does nothing then), whose rules need no data. Not covered: a caption of several
 sentences, where punkt would also split the period off each inner sentence ("dog. it" ->
 "dog", "."; here "dog." stays one token, usually <unk>), and the Unicode-quote rules that
-NLTK added to `word_tokenize` in late 2017 (3.2.5), after the released vocabularies. The
-rules are written twice here, tested against `nltk.tokenize.TreebankWordTokenizer`
-(tests/test_original_tokenizer.py):
+`word_tokenize` adds on top of the Treebank ones (nltk/nltk#1682, 2017). The rules are
+today's NLTK Treebank rules; the authors' NLTK of 2017 differed in corners (e.g. `''`
+inside a word). They are written twice here, tested against
+`nltk.tokenize.TreebankWordTokenizer` (tests/test_original_tokenizer.py):
 
 - `tokenize`: the rules as NLTK writes them, for Python's `re`;
 - `tf_tokenize`: the same rules for RE2 (`tf.strings.regex_replace`), which has no
