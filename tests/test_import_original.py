@@ -478,3 +478,24 @@ def test_offsets_and_strides_are_applied_and_checked(tmp_path: Path) -> None:
     path = _one_tensor_file(tmp_path, data, (10, (4, 4), (4, 1), False, OrderedDict()))
     with pytest.raises(CheckpointError, match="outside its storage"):
         read_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_trainer_fine_tunes_a_tv_backbone_from_a_weights_file(
+    demo_data_dir: Path, tmp_path: Path
+) -> None:
+    """`--cnn resnet18_tv --cnn_weights FILE`: the path an imported backbone takes
+    (training.import_original --save_backbone_weights) into further training."""
+    from tests.conftest import train_flags
+    from training.backbones import build_backbone
+    from training.train import main
+
+    weights = tmp_path / "r18.weights.h5"
+    build_backbone("resnet18_tv", "none", 64).model.save_weights(str(weights))
+    argv = [*train_flags(demo_data_dir), "--cnn", "resnet18_tv", "--cnn_weights", str(weights),
+            "--crop_size", "64", "--resize_size", "64", "--joint_space", "16", "--word_dim", "8",
+            "--batch_size", "50", "--epochs", "1", "--finetune",
+            "--save_model_path", str(tmp_path / "m")]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    assert manifest["cnn"] == "resnet18_tv" and manifest["image"]["preprocess"] == "torch"
