@@ -115,6 +115,7 @@ def test_imported_model_embeds_as_the_original(
     assert manifest["text"]["pipeline"] == "original"
     assert manifest["image"]["preprocess"] == "torch"
     assert manifest["image"]["pipeline"]["resize_shorter"] == 256
+    assert manifest["image"]["jpeg_min_side"] is None  # JPEGs decoded whole, as PIL does
     assert manifest["text"]["num_layers"] == 2
     assert read_checkpoint(checkpoint)["opt"].embed_size == 16
 
@@ -499,3 +500,37 @@ def test_trainer_fine_tunes_a_tv_backbone_from_a_weights_file(
     assert main(argv) == 0
     manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
     assert manifest["cnn"] == "resnet18_tv" and manifest["image"]["preprocess"] == "torch"
+
+
+def _torchvision_view(img: np.ndarray) -> np.ndarray:
+    """torchvision's Resize(256) + CenterCrop(224) on a PIL image, as the original's test
+    transform applies them (PIL bilinear; longer side int(); corner round())."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    nw, nh = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+    resized = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR), np.float64)
+    top, left = round((nh - 224) / 2.0), round((nw - 224) / 2.0)
+    return resized[top : top + 224, left : left + 224]
+
+
+@pytest.mark.parametrize("size", [(375, 500), (500, 333), (427, 640), (641, 480), (256, 300)])
+def test_imported_image_view_is_torchvisions(size: tuple[int, int]) -> None:
+    """The imported models' resize and crop agree with torchvision's within a grey level
+    (PIL's fixed point against float), where the project's own rule may be a pixel off."""
+    import tensorflow as tf
+
+    from training.images import ImageConfig, eval_image_transform
+
+    rng = np.random.default_rng(size[0])
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]] / max(size)
+    img = 127.5 + 90 * np.stack([np.sin(9 * xx + 4 * yy + k) for k in range(3)], -1)
+    img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
+    want = _torchvision_view(img)
+    cfg = ImageConfig(224, 256, "unit", size_rule="torchvision", jpeg_draft=False)
+    got = eval_image_transform(tf.constant(img), cfg).numpy() * 255.0
+    assert np.abs(got - want).max() <= 1.0 + 1e-3
+    assert np.abs(got - want).mean() < 0.3
+    if size == (427, 640):  # 640 * 256 / 427 = 383.7: torchvision 383, the project's rule 384
+        own = eval_image_transform(tf.constant(img), ImageConfig(224, 256, "unit")).numpy()
+        assert np.abs(own * 255.0 - want).mean() > 1.0

@@ -21,7 +21,12 @@ import keras
 import tensorflow as tf
 
 from training.config import ModelConfig
-from training.images import ImageConfig, eval_image_transform, eval_images_from_bytes
+from training.images import (
+    ImageConfig,
+    eval_image_transform,
+    eval_images_from_bytes,
+    jpeg_min_side,
+)
 from training.model import L2Normalize
 from training.text import END, START, UNK, Vocabulary, tf_tokenize
 from vsepp.atomic import atomic_directory, write_json_atomic
@@ -174,7 +179,7 @@ def export_model(
             "resize_size": image_cfg.resize_size,
             "preprocess": image_cfg.preprocess,
             # The decoder reads large JPEGs at the DCT scale this side allows (eval_view).
-            "jpeg_min_side": image_cfg.resize_size,
+            "jpeg_min_side": jpeg_min_side(image_cfg),
             **image_extra,
         },
         "text": {

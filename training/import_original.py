@@ -57,7 +57,10 @@ VOCAB_WARNING = (
 IMAGE_PIPELINE = {
     "name": "torchvision",
     "resize_shorter": 256,
+    "longer_side": "int(256 * long / short)",
     "center_crop": 224,
+    "crop_corner": "round((side - 224) / 2), half to even",
+    "jpeg": "decoded at full size",
     "scale": "[0, 1]",
     "mean": [0.485, 0.456, 0.406],
     "std": [0.229, 0.224, 0.225],
@@ -167,7 +170,10 @@ def import_checkpoint(
         no_imgnorm=bool(opt.get("no_imgnorm", False)), measure=measure,
         use_abs=bool(opt.get("use_abs", False)),
     )  # fmt: skip
-    image_cfg = ImageConfig(224, 256, "torch", hflip=False)
+    # torchvision's Resize/CenterCrop size rules, and JPEGs decoded whole as PIL does.
+    image_cfg = ImageConfig(
+        224, 256, "torch", hflip=False, size_rule="torchvision", jpeg_draft=False
+    )
     extra_image: dict[str, Any] = {"pipeline": IMAGE_PIPELINE}
     image_module = None
     backbone_model = None
