@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vsepp.cli import LOG_FORMAT, LOG_LEVELS, UsageError, program
+from vsepp.model_dir import SEARCHABLE, read_model_manifest, search_problem
 
 logger = logging.getLogger("service")
 APP = "service.main:app"
@@ -84,10 +85,27 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
+def _search_problem(model_dir: str | None) -> str | None:
+    """Why the model cannot be served, if its manifest says so now (a missing or unreadable
+    one is left to the loader, which reports it on /health: it may appear later)."""
+    if not model_dir:
+        return None
+    try:
+        return search_problem(read_model_manifest(model_dir))
+    except (OSError, ValueError):
+        return None
+
+
 @program
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until it is stopped; returns the exit status."""
     args = parse_args(argv)
+    model_dir = args.model_dir or os.environ.get("VSEPP_MODEL_DIR")
+    problem = _search_problem(model_dir)
+    if problem:
+        # An imported *_precomp or order-embedding run: refused before serving, rather than
+        # reported later from /health.
+        raise UsageError(f"model {model_dir} cannot be served: {problem}. {SEARCHABLE}")
     if args.model_dir:
         os.environ["VSEPP_MODEL_DIR"] = os.path.abspath(args.model_dir)
     if args.index_dir:

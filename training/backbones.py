@@ -8,6 +8,8 @@ from pathlib import Path
 
 import keras
 
+from training.tv_backbones import RESNET_LAYERS, VGG_CONFIGS, build_tv, standard_spec
+
 log = logging.getLogger(__name__)
 
 # name -> (constructor, preprocess rule of training.images.normalize, feature layer or None)
@@ -18,13 +20,18 @@ _APPS: dict[str, tuple[str, str, str | None]] = {
     "vgg19": ("VGG19", "caffe", "fc2"),
     "mobilenet_v3_large": ("MobileNetV3Large", "none", None),
 }
-BACKBONES = (*_APPS, "tiny")
+# torchvision's ResNets and VGGs, layer for layer (training.tv_backbones): the imported
+# models' backbones, fine-tuned further with --cnn_weights FILE from training.import_original.
+TV_BACKBONES = tuple(f"{n}_tv" for n in (*RESNET_LAYERS, *VGG_CONFIGS))
+BACKBONES = (*_APPS, *TV_BACKBONES, "tiny")
 
 
 def preprocess_for(name: str) -> str:
     """The input normalisation rule (training.images.normalize) that backbone `name` expects."""
     if name == "tiny":
         return "unit"
+    if name in TV_BACKBONES:
+        return "torch"
     if name not in _APPS:
         raise ValueError(f"unknown --cnn {name!r}; choose one of {', '.join(BACKBONES)}")
     return _APPS[name][1]
@@ -73,6 +80,15 @@ def build_backbone(name: str, weights: str, image_size: int) -> Backbone:
             raise ValueError("--cnn tiny has no ImageNet weights: use --cnn_weights none or PATH")
         _load_weights_file(model, weights)
         return Backbone(model, preprocess_for(name), int(model.output.shape[-1]))
+    if name in TV_BACKBONES:
+        if weights == "imagenet":
+            raise ValueError(
+                f"--cnn {name} has no weights to download: pass a file from "
+                "training.import_original --save_backbone_weights (or none for random weights)"
+            )
+        model = build_tv(standard_spec(name[: -len("_tv")]), image_size)
+        _load_weights_file(model, weights)
+        return Backbone(model, "torch", int(model.output.shape[-1]))
     if name not in _APPS:
         raise ValueError(f"unknown --cnn {name!r}; choose one of {', '.join(BACKBONES)}")
     ctor_name, preprocess, layer = _APPS[name]

@@ -9,9 +9,11 @@ from vsepp.cli import add_log_level
 from vsepp.datasets.args import add_dataset_args
 
 
-def add_data_args(p: argparse.ArgumentParser, *, fold_restval: bool = False) -> None:
+def add_data_args(
+    p: argparse.ArgumentParser, *, fold_restval: bool = False, required: bool = True
+) -> None:
     """Where the dataset is and how it is read (the seed's flags), batch and prefetch sizes."""
-    g = add_dataset_args(p, fold_restval=fold_restval)
+    g = add_dataset_args(p, fold_restval=fold_restval, required=required)
     g.add_argument("--batch_size", type=int, default=128)
     g.add_argument(
         "--prefetch_size",

@@ -21,6 +21,7 @@ import tensorflow as tf
 from vsepp.images import read_image_file
 
 PREPROCESS_MODES = ("caffe", "torch", "tf", "none", "unit")
+SIZE_RULES = ("project", "torchvision")
 # How a training view is cut: the original's RandomResizedCrop (fartashf/vsepp data.py) or
 # the seed's resize-shorter-side-then-random-crop.
 TRAIN_TRANSFORMS = ("random_resized_crop", "resize_crop")
@@ -45,12 +46,21 @@ class ImageConfig:
     preprocess: str = "caffe"  # backbone normalisation rule, one of PREPROCESS_MODES
     hflip: bool = True  # random horizontal flips in training (off when captions say left/right)
     train_transform: str = "resize_crop"  # one of TRAIN_TRANSFORMS (evaluation never changes)
+    # "project": the longer side rounded, the crop's corner floored; "torchvision": as
+    # Resize/CenterCrop do (longer side truncated, corner rounded half to even), for the
+    # VSE++ authors' imported models.
+    size_rule: str = "project"
+    jpeg_draft: bool = True  # decode large JPEGs at a DCT scale (False: full size, as PIL)
 
     def __post_init__(self) -> None:
         if self.train_transform not in TRAIN_TRANSFORMS:
             raise ValueError(
                 f"ImageConfig.train_transform must be one of {TRAIN_TRANSFORMS}, "
                 f"got {self.train_transform!r}"
+            )
+        if self.size_rule not in SIZE_RULES:
+            raise ValueError(
+                f"ImageConfig.size_rule must be one of {SIZE_RULES}, got {self.size_rule!r}"
             )
         if self.preprocess not in PREPROCESS_MODES:
             raise ValueError(
@@ -75,6 +85,8 @@ class ImageConfig:
             str(d["preprocess"]),
             bool(d.get("hflip", True)),
             str(d.get("train_transform", "resize_crop")),
+            str(d.get("size_rule", "project")),
+            bool(d.get("jpeg_draft", True)),
         )
 
 
@@ -137,18 +149,20 @@ def _decode_jpeg_scaled(contents: tf.Tensor, min_side: int) -> tf.Tensor:
     return tf.switch_case(jpeg_scale(shape[0], shape[1], min_side), branches)
 
 
-def resize_shorter(image: tf.Tensor, size: int) -> tf.Tensor:
+def resize_shorter(image: tf.Tensor, size: int, rule: str = "project") -> tf.Tensor:
     """Resize so the shorter side is `size`, keeping the aspect ratio; uint8 [..., h, w, 3].
 
     Works on one image [H, W, 3] or a batch [n, H, W, 3]. The result is rounded back to uint8
-    so a cache of resized images is four times smaller than float32.
+    so a cache of resized images is four times smaller than float32. The longer side is
+    rounded, or truncated with `rule` "torchvision" (its Resize computes int(size * L / S)).
     """
     shape = tf.shape(image)
     h, w = tf.cast(shape[-3], tf.float64), tf.cast(shape[-2], tf.float64)
     s = tf.constant(size, tf.float64)
+    to_int = tf.floor if rule == "torchvision" else tf.round
     # The shorter side is set exactly rather than rounded, so it can never come out at size-1.
-    new_h = tf.where(h <= w, s, tf.round(h * s / w))
-    new_w = tf.where(h <= w, tf.round(w * s / h), s)
+    new_h = tf.where(h <= w, s, to_int(h * s / w))
+    new_w = tf.where(h <= w, to_int(w * s / h), s)
     new_size = tf.cast(tf.stack([new_h, new_w]), tf.int32)
     # Antialiasing matters when shrinking photos several-fold (PIL and torchvision do it too).
     resized = tf.image.resize(image, new_size, method="bilinear", antialias=True)
@@ -157,11 +171,23 @@ def resize_shorter(image: tf.Tensor, size: int) -> tf.Tensor:
     return out
 
 
-def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
-    """The centred `size` x `size` window of [..., H, W, C] (H, W >= size)."""
+def center_crop(image: tf.Tensor, size: int, rule: str = "project") -> tf.Tensor:
+    """The centred `size` x `size` window of [..., H, W, C] (H, W >= size).
+
+    An odd margin puts the extra pixel below/right; with `rule` "torchvision" the corner is
+    Python's round(margin / 2), half to even, as its CenterCrop does.
+    """
     shape = tf.shape(image)
-    top = (shape[-3] - size) // 2
-    left = (shape[-2] - size) // 2
+
+    def corner(margin: tf.Tensor) -> tf.Tensor:
+        if rule != "torchvision":
+            return margin // 2
+        half = margin // 2
+        # margin odd: round(half + 0.5) to the even one of half, half + 1.
+        return tf.where((margin % 2 == 1) & (half % 2 == 1), half + 1, half)
+
+    top = corner(shape[-3] - size)
+    left = corner(shape[-2] - size)
     out = image[..., top : top + size, left : left + size, :]
     out.set_shape(image.shape[:-3].concatenate([size, size, image.shape[-1]]))
     return out
@@ -289,14 +315,19 @@ def eval_image_transform(image: tf.Tensor, cfg: ImageConfig) -> tf.Tensor:
 
     uint8 [H, W, 3] -> float32 [S, S, 3], or a batch [n, H, W, 3] -> [n, S, S, 3].
     """
-    resized = resize_shorter(image, cfg.resize_size)
-    return normalize(center_crop(resized, cfg.image_size), cfg.preprocess)
+    resized = resize_shorter(image, cfg.resize_size, cfg.size_rule)
+    return normalize(center_crop(resized, cfg.image_size, cfg.size_rule), cfg.preprocess)
 
 
 def eval_view(contents: tf.Tensor, cfg: ImageConfig) -> tf.Tensor:
     """One encoded image tf.string [] -> float32 [S, S, 3], as evaluation and serving see it
     (a large JPEG decoded at the DCT scale `resize_shorter` needs, see `decode_image`)."""
-    return eval_image_transform(decode_image(contents, cfg.resize_size), cfg)
+    return eval_image_transform(decode_image(contents, jpeg_min_side(cfg)), cfg)
+
+
+def jpeg_min_side(cfg: ImageConfig) -> int | None:
+    """The shorter side large JPEGs are decoded down to (None: full size)."""
+    return cfg.resize_size if cfg.jpeg_draft else None
 
 
 def eval_images_from_bytes(contents: tf.Tensor, cfg: ImageConfig) -> tf.Tensor:

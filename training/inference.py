@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from training.cli import add_data_args
+from training.original.precomp import read_precomp_split
 from vsepp.atomic import write_json_atomic
 from vsepp.cli import UsageError, add_model_dir, program, setup_logging
 from vsepp.datasets import SplitData
@@ -28,11 +29,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Recall@K, median and mean rank of an exported model on a test split.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_data_args(p)
+    add_data_args(p, required=False)
     p.add_argument(
         "--test_imgs_file_path",
-        required=True,
+        default=None,
         help="test split: a split file, or a split name for Karpathy JSON",
+    )
+    p.add_argument(
+        "--precomp_data",
+        type=Path,
+        default=None,
+        help="instead of images: a folder of the VSE++ authors' precomputed features "
+        "(data.tar's DATA_precomp/) for an imported *_precomp model",
+    )
+    p.add_argument(
+        "--precomp_split", default="test", help="split of --precomp_data: test, testall, dev"
     )
     add_model_dir(
         p,
@@ -91,29 +102,80 @@ def embed_split(
     return images, embed_texts(encoders, split.captions, batch_size=batch_size)
 
 
+def embed_precomp(
+    encoders: Encoders, data_dir: Path, split: str, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of the authors' precomputed features [N, D] and captions [5N, D]."""
+    features, texts = read_precomp_split(data_dir, split)
+    feature_dim = int(encoders.manifest["image"].get("feature_dim", features.shape[1]))
+    if features.shape[1] != feature_dim:
+        raise UsageError(
+            f"--precomp_data {data_dir}: features of {features.shape[1]} values, the model "
+            f"takes {feature_dim}"
+        )
+    images = np.concatenate(
+        [
+            encoders.encode_features(features[i : i + batch_size])
+            for i in range(0, len(features), batch_size)
+        ]
+    )
+    return images, embed_texts(encoders, texts, batch_size=batch_size)
+
+
+def _check_inputs(args: argparse.Namespace, encoders: Encoders) -> None:
+    if encoders.takes_features and args.precomp_data is None:
+        raise UsageError(
+            f"{args.model_dir} is a *_precomp model: evaluate it on the authors' features "
+            "with --precomp_data DIR (data.tar's DATA_precomp/)"
+        )
+    if not encoders.takes_features and args.precomp_data is not None:
+        raise UsageError(
+            f"{args.model_dir} takes image files: --precomp_data is for *_precomp models"
+        )
+    if args.precomp_data is None:
+        missing = [
+            f"--{n}"
+            for n in ("images_path", "texts_path", "test_imgs_file_path")
+            if not getattr(args, n)
+        ]
+        if missing:
+            raise UsageError(f"missing {', '.join(missing)}")
+
+
 @program
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.log_level)
-    encoders = load_encoders(args.model_dir)
+    encoders = load_encoders(args.model_dir, purpose="evaluate")
     check_manifest(encoders, args.joint_space, args.num_layers)
-    split = load_split_from_args(args, args.test_imgs_file_path)
+    _check_inputs(args, encoders)
     t0 = time.perf_counter()
-    images, captions = embed_split(encoders, split, args.batch_size)
+    if args.precomp_data is not None:
+        images, captions = embed_precomp(
+            encoders, args.precomp_data, args.precomp_split, args.batch_size
+        )
+        name, described = (
+            args.precomp_split,
+            f"precomputed {args.precomp_split} of {args.precomp_data}",
+        )
+    else:
+        split = load_split_from_args(args, args.test_imgs_file_path)
+        images, captions = embed_split(encoders, split, args.batch_size)
+        name, described = split.name, split.describe()
     t1 = time.perf_counter()
     metrics = evaluate(
         images, captions, measure=encoders.manifest.get("measure", "cosine"), fold5=args.fold5
     )
     log.info("embedded in %.1fs, evaluated in %.2fs", t1 - t0, time.perf_counter() - t1)
-    print(f"{split.describe()}\nmodel: {args.model_dir}\n{format_metrics(metrics)}")
+    print(f"{described}\nmodel: {args.model_dir}\n{format_metrics(metrics)}")
     if args.metrics_out:
         write_json_atomic(
             Path(args.metrics_out),
             {
                 "model_dir": str(args.model_dir),
                 "model_hash": encoders.model_hash,
-                "split": split.name,
-                "n_images": len(split.image_ids),
+                "split": name,
+                "n_images": len(images),
                 **metrics,
             },
         )

@@ -23,6 +23,32 @@ from vsepp.precision import bfloat16_function, native_bfloat16, resolve_precisio
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "vsepp-model/1"
+# What `load_encoders` is for: "search" (index, serve) or "evaluate" (training.inference).
+PURPOSES = ("search", "evaluate")
+SEARCHABLE = (
+    "only full-image runs with the cosine measure can be indexed and served (the original's "
+    "resnet18-152 and vgg16/19 runs without _precomp, VSE0 or VSE++, and this project's own)"
+)
+
+
+class UnsearchableModelError(ValueError):
+    """The model can be evaluated but not searched by inner product from image files."""
+
+
+def search_problem(manifest: dict[str, Any]) -> str | None:
+    """Why a model cannot be indexed or served, None when it can."""
+    if manifest.get("image", {}).get("input") == "features":
+        return (
+            "its image side is a projection of the authors' precomputed CNN features (a "
+            "*_precomp run), which cannot be computed from image files; evaluate it with "
+            "python -m training.inference --precomp_data DIR"
+        )
+    if manifest.get("measure", "cosine") == "order":
+        return (
+            "it is an order-embedding model (--measure order), whose score is not an inner "
+            "product, so FAISS cannot search it; evaluate it with python -m training.inference"
+        )
+    return None
 
 
 class EncodersLike(Protocol):
@@ -50,14 +76,24 @@ class Encoders:
     and float32 elsewhere (`vsepp.precision.resolve_precision`); `self.precision` says which.
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], precision: str = "float32") -> None:
+    def __init__(
+        self, model_dir: str | os.PathLike[str], precision: str = "float32", purpose: str = "search"
+    ) -> None:
         import tensorflow as tf  # imported here so that reading a manifest stays light
 
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose {purpose!r}: expected one of {PURPOSES}")
         precision = resolve_precision(precision)
         self._tf = tf
         self.precision = precision
         self.model_dir = Path(model_dir)
         self.manifest = read_model_manifest(self.model_dir)
+        problem = search_problem(self.manifest)
+        if purpose == "search" and problem:
+            raise UnsearchableModelError(
+                f"model {self.model_dir} cannot be indexed or served: {problem}. {SEARCHABLE}"
+            )
+        self.takes_features = self.manifest["image"].get("input") == "features"
         export = self.model_dir / self.manifest["export"]
         for part in ("image_encoder", "text_encoder"):
             if not (export / part / "saved_model.pb").is_file():
@@ -71,6 +107,9 @@ class Encoders:
         self.jpeg_min_side = jpeg_min_side(self.manifest)
         self._image = tf.saved_model.load(str(export / "image_encoder"))
         self._text = tf.saved_model.load(str(export / "text_encoder"))
+        if self.takes_features:
+            self._encode_features: Any = self._image.encode_features
+            return
         self._encode_bytes: Any = self._image.encode_bytes
         self._encode_array: Any = self._image.encode_array
         if precision == "bfloat16":
@@ -88,6 +127,13 @@ class Encoders:
             return np.zeros((0, self.embed_dim), np.float32), np.zeros((0,), np.int32)
         out = self._text.encode(self._tf.constant(list(texts), dtype=self._tf.string))
         return out["embedding"].numpy(), out["known_tokens"].numpy()
+
+    def encode_features(self, features: np.ndarray) -> np.ndarray:
+        """Embeddings float32 [n, D] of precomputed CNN features [n, F] (a *_precomp model)."""
+        if not self.takes_features:
+            raise ValueError(f"model {self.model_dir} takes image files, not features")
+        arr = np.asarray(features, np.float32)
+        return np.asarray(self._encode_features(self._tf.constant(arr)).numpy(), np.float32)
 
     def encode_image_bytes(self, blobs: Sequence[bytes]) -> np.ndarray:
         """Embeddings float32 [n, D] of image files, each first put in canonical form.
@@ -209,7 +255,13 @@ def hash_tree(root: Path) -> str:
     return h.hexdigest()
 
 
-def load_encoders(model_dir: str | os.PathLike[str], precision: str = "float32") -> Encoders:
+def load_encoders(
+    model_dir: str | os.PathLike[str], precision: str = "float32", purpose: str = "search"
+) -> Encoders:
     """Load the exported encoders of `model_dir` (image encoder in `precision`: float32,
-    bfloat16 or auto)."""
-    return Encoders(model_dir, precision)
+    bfloat16 or auto).
+
+    `purpose` "search" (indexing, serving) refuses a model that cannot be searched from
+    image files (`search_problem`); "evaluate" loads any.
+    """
+    return Encoders(model_dir, precision, purpose)

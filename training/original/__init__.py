@@ -1,0 +1,1 @@
+"""The VSE++ authors' released models (fartashf/vsepp): read without torch, rebuilt in Keras."""
