@@ -34,7 +34,10 @@ def test_imported_model_indexes_a_folder_and_serves_text_search(tmp_path: Path) 
     photos.mkdir()
     for i, im in enumerate(fixture_images()):
         Image.fromarray(im).save(photos / f"im{i}.png")
-    argv = ["--model_dir", str(model), "--images_dir", str(photos), "--index_dir", str(index)]
+    # float32: the scores are compared with torch's float32 ones to 1e-4 below (the default,
+    # auto, is bfloat16 on a CPU with AVX512_BF16 or AMX).
+    argv = ["--model_dir", str(model), "--images_dir", str(photos), "--index_dir", str(index),
+            "--precision", "float32"]  # fmt: skip
     assert build_main(argv) == 0
 
     port = free_port()
