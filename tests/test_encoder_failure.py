@@ -140,3 +140,31 @@ def test_an_encoder_failure_stops_build_add_and_query(
     rc = query.main(["--index_dir", str(kept), "--model_dir", str(model),
                      "--image", str(photos / "p0.jpg")])  # fmt: skip
     _stopped(capsys, caplog, rc, name)
+
+
+def test_the_server_answers_an_encoder_failure_with_500_naming_it(
+    model: Path, tmp_path: Path, failing: Callable[[], str]
+) -> None:
+    """An upload the encoder fails on (not the file's fault): 500 naming the error, over a
+    real uvicorn, and the server goes on answering."""
+    import httpx
+
+    from index.store import load_index
+    from service.config import Settings
+    from service.main import create_app
+    from tests.service_helpers import uvicorn_in_thread
+
+    photos = _photos(tmp_path / "photos", 3, 3)
+    index = tmp_path / "index"
+    assert build.main(["--model_dir", str(model), "--images_dir", str(photos),
+                       "--out", str(index)]) == 0  # fmt: skip
+    name = failing()
+    app = create_app(Settings(), model_dir.load_encoders(model), load_index(index))
+    upload = (photos / "p0.jpg").read_bytes()
+    with uvicorn_in_thread(app) as base, httpx.Client(base_url=base, timeout=60) as client:
+        answer = client.post("/embed/image", files={"file": ("p0.jpg", upload)})
+        assert answer.status_code == 500, answer.text
+        detail = answer.json()["detail"]
+        assert name in detail and "not because of the request" in detail, detail
+        assert client.get("/health").status_code == 200
+        assert client.post("/search/text", json={"query": "a photo", "k": 2}).status_code == 200

@@ -747,3 +747,35 @@ def test_hoisted_gru_gives_the_keras_gru_losses_and_weights(tmp_path: Path) -> N
     short = np.array([[2, 5, 6, 3]], np.int32)
     padded = np.array([[2, 5, 6, 3, 0, 0, 0]], np.int32)
     np.testing.assert_allclose(enc(short).numpy(), enc(padded).numpy(), atol=1e-6)
+
+
+def test_decay_rate_and_clip_val_reach_the_schedule_and_the_step(tmp_path: Path) -> None:
+    """The seed's --decay_rate and --clip_val do what they say, not only in --help: the
+    learning rate drops 10x every --decay_rate epochs, and --clip_val clips the step's global
+    gradient (clipped to 1e-12, Adam's epsilon dominates and the weights barely move; not
+    clipped, its first step moves them by about the learning rate)."""
+    import dataclasses
+
+    from tests._step_setup import tiny_step
+    from training.train import configs, parse_args
+    from training.trainer import Trainer, learning_rate_at
+
+    data = ["--images_path", "i", "--texts_path", "t", "--train_imgs_file_path", "a",
+            "--val_imgs_file_path", "b", "--save_model_path", str(tmp_path / "m")]  # fmt: skip
+    flags = ["--learning_rate", "1e-2", "--decay_rate", "3", "--clip_val", "1e-12"]
+    args = parse_args([*data, *flags])
+    setup = tiny_step("precomp")
+    _, tcfg, _ = configs(args, vocab_size=setup.model.vocab_size, precomp_dim=0)
+    assert tcfg.lr_update == 3 and tcfg.grad_clip == 1e-12
+    schedule = [learning_rate_at(tcfg, epoch) for epoch in range(7)]
+    assert schedule == pytest.approx([1e-2] * 3 + [1e-3] * 3 + [1e-4])
+    moved = {}
+    for clip in (tcfg.grad_clip, 0.0):
+        cfg = dataclasses.replace(tcfg, grad_clip=clip, batch_size=setup.batch["tokens"].shape[0])
+        trainer = Trainer(setup.model, cfg, setup.data, str(tmp_path / f"run-{clip}"))
+        before = trainer.model.text_encoder.get_weights()
+        trainer.train_step(setup.batch, epoch=0)
+        after = trainer.model.text_encoder.get_weights()
+        moved[clip] = max(float(np.max(np.abs(a - b))) for a, b in zip(before, after, strict=True))
+    assert moved[0.0] > 0.5 * 1e-2, moved
+    assert moved[1e-12] < 1e-3 * 1e-2, moved

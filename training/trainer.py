@@ -76,6 +76,12 @@ def set_precision(mode: str) -> None:
     keras.config.set_dtype_policy(policies[mode])
 
 
+def learning_rate_at(tcfg: TrainConfig, epoch: int) -> float:
+    """The paper's step schedule: the learning rate times 0.1 every `lr_update` epochs
+    (`--lr_update`, the seed's `--decay_rate`), epochs counted from 0."""
+    return tcfg.learning_rate * 0.1 ** (epoch // tcfg.lr_update)
+
+
 def collapse_value(batch_size: int, margin: float, max_violation: bool) -> float:
     """The loss when all embeddings are one point: every negative violates by exactly margin."""
     per_direction = batch_size * margin if max_violation else batch_size * (batch_size - 1) * margin
@@ -339,7 +345,7 @@ class Trainer:
         counter = PairCounter(len(data.train.captions))
         named_unreadable = False
         for epoch in range(int(self.epoch.numpy()), tcfg.epochs):
-            lr = tcfg.learning_rate * 0.1 ** (epoch // tcfg.lr_update)
+            lr = learning_rate_at(tcfg, epoch)
             self.optimizer.learning_rate = lr
             max_violation = tcfg.max_violation and epoch >= tcfg.max_violation_after
             start = int(self.step_in_epoch.numpy())
