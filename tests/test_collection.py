@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,6 +77,14 @@ def built(folder: Path, demo_model_dir: Path, tmp_path_factory: pytest.TempPathF
     argv = ["--model_dir", str(demo_model_dir), "--images_dir", str(folder),
             "--index_dir", str(out), "--shard_size", "7", "--batch_size", "4"]  # fmt: skip
     assert build.main(argv) == 0
+    return out
+
+
+def own_copy(index_dir: Path, tmp_path: Path) -> Path:
+    """A copy of a module's index for a test that changes it, so no other test sees the
+    change (the tests stand alone, in any order)."""
+    out = tmp_path / "own-copy" / index_dir.name
+    shutil.copytree(index_dir, out, symlinks=True)
     return out
 
 
@@ -198,6 +207,7 @@ def _encoders(model_dir: Path) -> Any:
 def test_search_your_own_photos_over_http(
     built: Path, folder: Path, demo_model_dir: Path, tmp_path: Path
 ) -> None:
+    built = own_copy(built, tmp_path)  # index.add below changes it
     encoders = _encoders(demo_model_dir)
     settings = Settings(index_dir=built, admin_token=TOKEN, thumb_cache_dir=tmp_path / "thumbs")
     app = create_app(settings, encoders, load_index(built))
@@ -240,6 +250,7 @@ def test_search_your_own_photos_over_http(
 def test_add_and_remove_keep_the_index_current(
     built: Path, demo_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    built = own_copy(built, tmp_path)  # added to and removed from below
     before = load_index(built)
     new = tmp_path / "new"
     for i in range(3):
