@@ -28,27 +28,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine  # noqa: E402
 from vsepp.datasets import load_split  # noqa: E402
 from vsepp.embed import embed_images, embed_texts  # noqa: E402
 from vsepp.evaluation import evaluate  # noqa: E402
 from vsepp.model_dir import load_encoders  # noqa: E402
 
 FLAGS = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
-
-
-def machine() -> dict[str, Any]:
-    """The CPU's model, the flags that matter for bfloat16, the load average."""
-    text = Path("/proc/cpuinfo").read_text(errors="replace")
-    model = next(
-        (x.split(":", 1)[1].strip() for x in text.splitlines() if x.startswith("model name")), "?"
-    )
-    words = set(text.split())
-    return {
-        "cpu": model,
-        "flags": [f for f in FLAGS if f in words],
-        "load": os.getloadavg(),
-        "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-    }
 
 
 def agreement(model_dir: Path, data: Path, split: str, batch_size: int) -> dict[str, Any]:
@@ -108,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--json_out", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
-    facts = machine()
+    facts = {**machine(), "onednn_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
     print(json.dumps(facts))
     rows = [agreement(m, args.data, args.split, args.batch_size) for m in args.model_dir]
     for row in rows:

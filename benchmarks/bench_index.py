@@ -18,8 +18,7 @@ Queries are data rows plus noise (`index.faiss_index.sample_queries`, cos ~0.89 
 source row).
 
 Indexes larger than memory (the memory-budgeted on-disk build, data generated chunk by
-chunk, never all in memory) are `bench_ondisk.py`; ``bench_index.py --ondisk ARGS...``
-runs it with those arguments.
+chunk, never all in memory) are `bench_ondisk.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -42,10 +40,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import machine
 from index.faiss_index import (
     INDEX_TYPES,
     build_index,
-    recall_at_k,
+    neighbour_recall,
     sample_queries,
     set_search_param,
 )
@@ -64,29 +63,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, memory, load and versions for the report."""
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem / 2**30, 1),
-        "load_avg": [round(x, 2) for x in os.getloadavg()],
-        "faiss": faiss.__version__,
-        "faiss_simd": faiss.get_compile_options().strip(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def make_data(kind: str, n: int, d: int, seed: int) -> np.ndarray:
@@ -163,7 +139,7 @@ def measure(
         "p95_ms": float(np.percentile(lat, 95) * 1e3),
         "single_queries": len(lat),
         "qps_batch": len(queries) / batch_s,
-        "recall_at_10": 1.0 if truth is None else recall_at_k(found, truth),
+        "recall_at_10": 1.0 if truth is None else neighbour_recall(found, truth),
         "found": found,
     }
 
@@ -253,7 +229,7 @@ def sweep(
         out.append(
             {
                 name: value,
-                "recall_at_10": recall_at_k(found, truth),
+                "recall_at_10": neighbour_recall(found, truth),
                 "p50_ms": float(np.percentile(lat, 50) * 1e3),
             }
         )
@@ -371,15 +347,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the markdown report."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--ondisk"]:
-        from benchmarks import bench_ondisk
-
-        return bench_ondisk.main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("index.faiss_index").setLevel(logging.WARNING)
     faiss.omp_set_num_threads(args.threads)
-    env = machine()
+    env = {**machine(), "faiss": faiss.__version__,
+           "faiss_simd": faiss.get_compile_options().strip()}  # fmt: skip
     rows: list[dict[str, Any]] = []
     for kind in args.data:
         for n in args.sizes:

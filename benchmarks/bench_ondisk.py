@@ -40,13 +40,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_index import CLUSTERS, machine
+from benchmarks.machine import machine
 from index.budget import choose_index, format_size, parse_size
-from index.faiss_index import recall_at_k, sample_queries, set_search_param
+from index.faiss_index import neighbour_recall, sample_queries, set_search_param
 from index.store import ImageRecord, IndexPart, load_index, write_index_dir
 from index.streaming import ChunkSource, build_streaming
 
 log = logging.getLogger("bench_ondisk")
+
+CLUSTERS = 1024  # centres of the clustered data, as bench_index.py's "clustered" kind
 
 
 class RssSampler:
@@ -126,7 +128,7 @@ def sweep(
         if truth is not None:
             faiss.omp_set_num_threads(args.threads)
             _, found = index.search(queries, 10)
-            row["recall_at_10"] = round(recall_at_k(found, truth), 4)
+            row["recall_at_10"] = round(neighbour_recall(found, truth), 4)
         row.update({"p50_ms": round(float(np.percentile(lat, 50) * 1e3), 3),
                     "p99_ms": round(float(np.percentile(lat, 99) * 1e3), 3),
                     "single_queries": len(lat)})  # fmt: skip
@@ -232,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lat = latencies(loaded.image_index, built.eval_queries, args.latency_budget)
             faiss.omp_set_num_threads(args.threads)
             _, found = loaded.image_index.search(built.eval_queries, 10)
-            recall = recall_at_k(found, built.eval_truth)
+            recall = neighbour_recall(found, built.eval_truth)
             curve = (
                 sweep(loaded.image_index, built.eval_queries, built.eval_truth, args)
                 if args.sweep and built.facts.get("ondisk")

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+from benchmarks.machine import machine  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -41,17 +39,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per precision")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp dir)")
     return p.parse_args(argv)
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, the flags that decide bfloat16's speed, and the load now."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                  if line.startswith("Model name")), platform.processor())  # fmt: skip
-    flags = set(Path("/proc/cpuinfo").read_text().split())
-    return {"cpu": model, "cpus": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags],
-            "missing_flags": [f for f in CPU_FLAGS if f not in flags],
-            "load": os.getloadavg()}  # fmt: skip
 
 
 def rate(encode: Any, batch: np.ndarray, seconds: float) -> float:

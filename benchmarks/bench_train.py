@@ -40,7 +40,6 @@ import datetime as dt
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import machine
 
 log = logging.getLogger("bench_train")
 
@@ -502,27 +505,6 @@ class OursRunner:
 # ---- machine, table, main ---------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, cores, the flags that matter here, load and versions of this interpreter."""
-    info: dict[str, Any] = {"cpu": platform.processor() or "unknown", "flags": []}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-                info["flags"] = [f for f in wanted if f in flags]
-                break
-    info["logical_cores"] = os.cpu_count()
-    info["usable_cores"] = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    )
-    info["python"] = platform.python_version()
-    info["numpy"] = np.__version__
-    return info
-
-
 def wait_for_load(limit: float, max_wait_s: float, poll_s: float = 15.0) -> float:
     """Poll the 1-minute load average until it is below `limit` (or time runs out)."""
     deadline = time.monotonic() + max_wait_s
@@ -608,7 +590,7 @@ def render(report: dict[str, Any]) -> str:
     load = report["load_at_start"], report["load_at_end"]
     lines = [
         f"- {dt.datetime.fromisoformat(report['date']):%Y-%m-%d %H:%M %Z}; CPU: {info['cpu']}, "
-        f"{info['logical_cores']} logical cores ({info['usable_cores']} usable); flags: "
+        f"{info['cores']} logical cores ({info['usable_cores']} usable); flags: "
         f"{flags}; bfloat16 variants "
         + (
             "run (native AVX512_BF16)"

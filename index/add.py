@@ -22,31 +22,25 @@ from typing import Any
 
 import faiss
 
-from index.collection import collect_shards, require_cosine
-from index.shards import embed_to_shards, write_corpus
-from index.source_args import (
+from index.args import (
+    add_batch_size,
     add_collection_args,
+    add_copy_images,
+    add_faiss_threads,
+    add_index_dir,
+    add_precision,
     check_source_args,
     collection_items,
     collection_source,
 )
+from index.shards import collect_shards, embed_to_shards, write_corpus
 from index.sources import read_caption_corpus
 from index.store import check_built_with, load_index, read_manifest
 from index.update import add_to_index, add_with_model, read_items
-from vsepp.cli import (
-    add_batch_size,
-    add_copy_images,
-    add_faiss_threads,
-    add_index_dir,
-    add_log_level,
-    add_model_dir,
-    add_precision,
-    program,
-    setup_logging,
-)
+from vsepp.cli import add_log_level, add_model_dir, program, setup_logging
 from vsepp.datasets.args import add_dataset_args, add_split_args, load_split_from_args
 from vsepp.embed import embed_texts
-from vsepp.model_dir import EncodersLike, load_encoders
+from vsepp.model_dir import EncodersLike, load_encoders, require_cosine
 
 log = logging.getLogger(__name__)
 

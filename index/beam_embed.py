@@ -22,24 +22,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from index.collection import require_cosine
-from index.source_args import add_own_source_args
-from vsepp.cli import (
-    UsageError,
-    add_batch_size,
-    add_log_level,
-    add_model_dir,
-    add_precision,
-    program,
-    setup_logging,
-)
-from vsepp.model_dir import read_model_manifest
+from index.args import add_batch_size, add_own_source_args, add_precision
+from vsepp.cli import UsageError, add_log_level, add_model_dir, program, setup_logging
+from vsepp.model_dir import read_model_manifest, require_cosine
 
 log = logging.getLogger(__name__)
-
-DEFAULT_RUNNER = "DirectRunner"
-# The local runner's default: worker processes on this machine, one per core here.
-LOCAL_WORKERS = 2
 
 
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

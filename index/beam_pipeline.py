@@ -37,7 +37,7 @@ from apache_beam.options.pipeline_options import (
     _BeamArgumentParser,
 )
 
-from index.beam_embed import DEFAULT_RUNNER, LOCAL_WORKERS
+from index.args import collection_items, collection_source
 from index.shards import (
     ShardsError,
     ShardWriter,
@@ -51,12 +51,16 @@ from index.shards import (
     start_shards,
     write_corpus,
 )
-from index.source_args import collection_items, collection_source
 from index.sources import SourceImage, read_caption_corpus
+from vsepp.embed import embed_texts
 from vsepp.model_dir import EncodersLike, jpeg_min_side, load_encoders, read_model_manifest
 from vsepp.precision import resolve_precision
 
 log = logging.getLogger(__name__)
+
+DEFAULT_RUNNER = "DirectRunner"
+# The local runner's default: worker processes on this machine, one per core here.
+LOCAL_WORKERS = 2
 
 Task = tuple[int, list[SourceImage]]  # a shard's number and its source images, in order
 Hashed = tuple[str, tuple[int, str, int]]  # sha256, (source position, image_id, shard)
@@ -160,8 +164,6 @@ class EmbedCorpus(_WithEncoders):
     """Embed the caption corpus tied to no image and write it beside the shards."""
 
     def process(self, texts: list[str]) -> Iterator[int]:
-        from vsepp.embed import embed_texts
-
         assert self.encoders is not None, "setup() loads the encoders"
         write_corpus(self.root, texts, embed_texts(self.encoders, texts))
         yield len(texts)

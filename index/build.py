@@ -5,51 +5,49 @@
     python -m index.build --model_dir runs/model --images_dir ~/Pictures --index_dir idx
     python -m index.build --model_dir runs/model --list photos.csv --captions notes.txt ...
 
-A split goes to `index.collection.build_from_split`. A folder (`--images_dir`) or a list
-file (`--list`, CSV/JSONL/Parquet) is embedded into shards on disk (`index.shards`:
-bounded memory, `--resume` after a kill), then indexed (`build_from_shards`); so is
-`--from_shards DIR`, shards made elsewhere. Unusable files are skipped and listed in the
-manifest with their reason. The directory is written atomically: the previous index at
---index_dir stays whole until the new one is complete.
+The command line becomes a source, an index policy and the build options, and
+`index.builder.build` does the rest: every source (a split, a folder `--images_dir`, a list
+file `--list` (CSV/JSONL/Parquet), shards `--from_shards`) is embedded into shards on disk
+(bounded memory, `--resume` after a kill), then indexed as `--index_type` or
+`--max_index_memory` says. Unusable files are skipped and listed in the manifest with their
+reason. The directory is written atomically: the previous index at --index_dir stays whole
+until the new one is complete.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 import faiss
 
-from index.budget import parse_size
-from index.collection import RECALL_QUERIES, build_from_shards, build_from_split, require_cosine
-from index.faiss_index import DEFAULT_PARAMS, INDEX_TYPES
-from index.shards import embed_to_shards, write_corpus
-from index.source_args import (
-    add_collection_args,
-    check_source_args,
-    collection_items,
-    collection_source,
-    shards_of,
-)
-from index.sources import read_caption_corpus
-from vsepp.cli import (
+from index.args import (
     add_batch_size,
+    add_collection_args,
     add_copy_images,
     add_faiss_threads,
     add_index_dir,
-    add_log_level,
-    add_model_dir,
     add_precision,
-    at_least_one,
-    program,
-    setup_logging,
+    check_source_args,
+    collection_items,
+    collection_source,
 )
+from index.budget import parse_size
+from index.builder import (
+    RECALL_QUERIES,
+    BuildOptions,
+    FilesSource,
+    IndexPolicy,
+    ShardsSource,
+    Source,
+    SplitSource,
+    build,
+)
+from index.faiss_index import DEFAULT_PARAMS, INDEX_TYPES
+from vsepp.cli import add_log_level, add_model_dir, at_least_one, program, setup_logging
 from vsepp.datasets.args import add_dataset_args, add_split_args, load_split_from_args
-from vsepp.embed import embed_texts
-from vsepp.model_dir import load_encoders, model_facts, read_model_manifest
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-    split_given = args.texts_path is not None
-    manifest = _build_split(args) if split_given else build_collection(args)
+    built = build(source_of(args), args.index_dir, policy_of(args), options_of(args),
+                  args.model_dir)  # fmt: skip
+    if built.embedded is not None:
+        print(built.embedded.line())
+    manifest = built.manifest
     log.info(
         "index %s: %d images (%s, recall@10 %.3f), %d captions (%s, recall@10 %.3f), %d skipped",
         args.index_dir,
@@ -156,74 +157,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _build_split(args: argparse.Namespace) -> dict[str, Any]:
-    split = load_split_from_args(args, args.imgs_file_path or args.split)
-    encoders = load_encoders(args.model_dir, args.precision)
-    return build_from_split(
+def source_of(args: argparse.Namespace) -> Source:
+    """The one source the command line names."""
+    if args.from_shards is not None:
+        return ShardsSource(Path(args.from_shards))
+    if args.texts_path is None:
+        return FilesSource(lambda: collection_items(args), collection_source(args), args.captions)
+    split_arg = args.imgs_file_path or args.split
+    split = load_split_from_args(args, split_arg)
+    return SplitSource(
         split,
-        encoders,
-        args.index_dir,
-        index_type=args.index_type,
-        params=dict(args.param),
-        batch_size=args.batch_size,
-        copy_images=args.copy_images,
-        seed=args.seed,
-        recall_queries=args.recall_queries,
-        source={
-            "images_path": str(args.images_path),
-            "texts_path": str(args.texts_path),
-            "split_arg": str(args.imgs_file_path or args.split),
+        {
+            "images_path": str(Path(args.images_path).absolute()),
+            "texts_path": str(Path(args.texts_path).absolute()),
+            "split_arg": str(split_arg),
             "dataset": args.dataset,
-            "model_dir": str(args.model_dir),
             # What the dataset reader dropped before embedding (--skip_incomplete).
             "split_skipped": dict(split.skipped),
         },
-        model_facts=model_facts(encoders),
-        max_index_memory=args.max_index_memory,
     )
 
 
-def build_collection(args: argparse.Namespace) -> dict[str, Any]:
-    """A folder, a list file or ready shards -> shards -> the index directory."""
-    shards = shards_of(args)
-    if args.from_shards is None:
-        encoders = load_encoders(args.model_dir, args.precision)
-        require_cosine(encoders.manifest)
-        summary = embed_to_shards(
-            collection_items(args),
-            encoders,
-            shards,
-            source=collection_source(args),
-            shard_size=args.shard_size,
-            batch_size=args.batch_size,
-            resume=args.resume,
-            max_pixels=args.max_image_pixels,
-        )
-        print(summary.line())
-        if args.captions is not None:
-            texts = read_caption_corpus(args.captions)
-            write_corpus(shards, texts, embed_texts(encoders, texts))
-        facts = model_facts(encoders)
-        model_hash = encoders.model_hash
-    else:
-        facts = None
-        model_hash = str(read_model_manifest(args.model_dir)["content_hash"])
-    manifest = build_from_shards(
-        shards,
-        args.index_dir,
-        index_type=args.index_type,
-        params=dict(args.param),
+def policy_of(args: argparse.Namespace) -> IndexPolicy:
+    """--index_type with its --param, or --max_index_memory."""
+    return IndexPolicy(args.index_type, dict(args.param), args.max_index_memory)
+
+
+def options_of(args: argparse.Namespace) -> BuildOptions:
+    """Everything else of the command line that shapes the run."""
+    return BuildOptions(
         copy_images=args.copy_images,
         seed=args.seed,
         recall_queries=args.recall_queries,
-        source={"model_dir": str(args.model_dir)},
-        extra={"model": facts} if facts else None,
-        expected_model_hash=model_hash,
-        max_index_memory=args.max_index_memory,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        shards_dir=args.shards_dir,
+        shard_size=args.shard_size,
+        resume=args.resume,
+        keep_shards=args.keep_shards,
+        max_pixels=args.max_image_pixels,
     )
-    if args.from_shards is None and not args.keep_shards:
-        shutil.rmtree(shards, ignore_errors=True)
-    return manifest
 
 
 if __name__ == "__main__":

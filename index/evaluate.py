@@ -1,7 +1,7 @@
 """`python -m index.evaluate`: the VSE++ R@K protocol on an index directory's own vectors.
 
-Prints the exact metrics (`index.recall.evaluate_index`), and for an approximate index what
-its own top-10 search gives beside exact search. `--metrics_out` writes the same JSON as
+Prints the exact metrics (`index.retrieval_metrics.evaluate_index`), and for an approximate
+index what its own top-10 search gives beside exact search. `--metrics_out` writes the same JSON as
 `training.inference --metrics_out` at its top level.
 """
 
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import faiss
 
-from index.recall import evaluate_index, format_comparison
+from index.args import add_faiss_threads, add_index_dir
+from index.retrieval_metrics import evaluate_index, format_comparison
 from index.store import load_index
 from vsepp.atomic import write_json_atomic
-from vsepp.cli import add_faiss_threads, add_index_dir, add_log_level, program, setup_logging
+from vsepp.cli import add_log_level, program, setup_logging
 from vsepp.evaluation import format_metrics
 
 log = logging.getLogger(__name__)

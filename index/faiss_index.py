@@ -13,9 +13,11 @@ Index types (`build_index(vectors, index_type, **params)`):
   exact vectors (PQ alone on 1024-d vectors loses too much recall).
 - ``auto``: ``flat`` up to `AUTO_FLAT_MAX` vectors, ``hnsw`` above.
 
-``efSearch`` / ``nprobe`` = 0 means "tune": the smallest power of two whose recall@10 on a
-held-out query sample reaches ``target_recall`` (capped at `MAX_EF_SEARCH` / ``nlist``;
-a warning says when the cap is hit, and the recall reached is recorded either way).
+``efSearch`` / ``nprobe`` = 0 means "tune" (`tune_with_truth`): doubling from 16 (efSearch)
+or 1 (nprobe), the first value whose recall@10 on a tuning query sample reaches
+``target_recall``; it stops earlier, keeping the value before, when a doubling gains less
+than `PLATEAU` of recall, and at the cap (`MAX_EF_SEARCH` / ``nlist``). A warning says when
+the target was not reached and why; the recall reached is recorded either way.
 
 Determinism: k-means (IVF, PQ) and the training sample use ``seed``, so IVF / IVF-PQ builds
 are reproducible. HNSW levels come from an RNG seeded with ``seed``, but a multi-threaded
@@ -40,13 +42,20 @@ INDEX_TYPES: tuple[str, ...] = ("flat", "hnsw", "ivf", "ivfpq")
 # streamed chunks by `index.streaming` (chosen by a memory budget, `index.budget`).
 ONDISK_TYPE = "ivf_hnsw_ondisk"
 AUTO_FLAT_MAX = 50_000  # `auto` builds an exact index up to this many vectors
+# HNSW's efConstruction when none is given (0 means the same): every HNSW build uses it.
+DEFAULT_EF_CONSTRUCTION = 80
 # k-means wants this many training points per centroid; FAISS warns below 39.
 MIN_POINTS_PER_CENTROID = 39
 
 # Parameters per type and their defaults; 0 means "choose from the data" (see module doc).
 DEFAULT_PARAMS: dict[str, dict[str, int | float]] = {
     "flat": {},
-    "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 0, "target_recall": 0.95},
+    "hnsw": {
+        "M": 32,
+        "efConstruction": DEFAULT_EF_CONSTRUCTION,
+        "efSearch": 0,
+        "target_recall": 0.95,
+    },
     "ivf": {"nlist": 0, "nprobe": 0, "niter": 10, "train_size": 0, "target_recall": 0.95},
     "ivfpq": {
         "nlist": 0,
@@ -66,6 +75,8 @@ TUNE_QUERIES = 300  # queries used to tune efSearch / nprobe
 # (at 10M SQ8 vectors nprobe 4 -> 256 gained 0.932 -> 0.952 for ~60x the cost).
 PLATEAU = 0.005
 RECALL_NOISE = 0.5  # query = data point + noise of this relative norm (cos ~ 0.89)
+# A vector whose norm is further than this from 1 is normalised again (and logged).
+NORM_TOLERANCE = 1e-3
 
 
 def _check_vectors(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
@@ -80,6 +91,25 @@ def _check_vectors(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
         bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
         raise ValueError(f"{what}: row {bad} has NaN or infinite values")
     return arr
+
+
+def normalize(vectors: np.ndarray, what: str) -> np.ndarray:
+    """Rows scaled to unit length, so inner products are cosines (a no-op for the encoders'
+    normalised output; logged when it is not). Zero rows are an error."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{what}: expected a 2-D array [n, d], got shape {x.shape}")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ValueError(f"{what}: row {bad} has NaN or infinite values")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError(f"{what}: row {int(np.flatnonzero(norms == 0)[0])} is all zeros")
+    off = int((np.abs(norms - 1) > NORM_TOLERANCE).sum())
+    if off:
+        log.warning("%s: %d of %d vectors were not unit length; normalised them", what, off, len(x))
+        x = x / norms
+    return x
 
 
 def resolve_type(index_type: str, n: int) -> str:
@@ -211,7 +241,7 @@ def build_index(
             raise ValueError(f"hnsw: M={m} must be at least 2")
         factory = f"HNSW{m}"
         hnsw: Any = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = int(p["efConstruction"]) or 40
+        hnsw.hnsw.efConstruction = int(p["efConstruction"]) or DEFAULT_EF_CONSTRUCTION
         # Seeds the random level of each node (the graph itself also depends on threads).
         hnsw.hnsw.rng = faiss.RandomGenerator(seed)  # type: ignore[attr-defined]
         hnsw.add(x)
@@ -315,8 +345,9 @@ def exact_search(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.n
     return scores, rows
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean over queries of |found ∩ truth| / k (rows of -1 never count)."""
+def neighbour_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Nearest-neighbour recall@k of an approximate search: the mean over queries of
+    |found ∩ truth| / k (rows of -1 never count). Not the VSE++ R@K (`index.retrieval_metrics`)."""
     k = truth.shape[1]
     hits = sum(
         len(np.intersect1d(f[f >= 0], t[t >= 0], assume_unique=True))
@@ -343,7 +374,7 @@ def measure_recall(
     queries = sample_queries(x, n_queries, seed=seed, noise=noise)
     _, truth = exact_search(queries, x, k)
     _, found = index.search(queries, truth.shape[1])
-    return recall_at_k(found, truth)
+    return neighbour_recall(found, truth)
 
 
 def tune_search(
@@ -357,11 +388,9 @@ def tune_search(
     n_queries: int = TUNE_QUERIES,
     max_value: int = MAX_EF_SEARCH,
 ) -> tuple[int, float]:
-    """Smallest power of two for `name` (efSearch / nprobe) reaching `target_recall`.
-
-    Tuned on queries drawn with ``seed + 1`` so that `measure_recall(seed=seed)` reports
-    the recall on queries the tuning did not see. See `tune_with_truth`.
-    """
+    """`tune_with_truth` for `name` (efSearch / nprobe) on queries drawn from `vectors` with
+    ``seed + 1``, so that `measure_recall(seed=seed)` reports the recall on queries the
+    tuning did not see."""
     queries = sample_queries(vectors, n_queries, seed=seed + 1)
     _, truth = exact_search(queries, vectors, k)
     return tune_with_truth(index, queries, truth, name, target_recall, max_value=max_value)
@@ -376,12 +405,13 @@ def tune_with_truth(
     *,
     max_value: int = MAX_EF_SEARCH,
 ) -> tuple[int, float]:
-    """Smallest power of two for `name` whose recall against `truth` (exact top-k rows of
-    `queries`) reaches `target_recall`.
+    """The value of `name` (efSearch from 16, nprobe from 1, doubling) at which the recall
+    against `truth` (exact top-k rows of `queries`) first reaches `target_recall`.
 
-    Stops early, at the value before, when a doubling gains less than PLATEAU (half a point)
-    of recall: the curve has flattened (an IVF-PQ limited by its codes and k_factor, not by
-    nprobe; or two points bought for many times the cost). Returns (value, recall at it).
+    Stops early, keeping the value before, when a doubling gains less than PLATEAU (half a
+    point) of recall: the curve has flattened (an IVF-PQ limited by its codes and k_factor,
+    not by nprobe; or two points bought for many times the cost); and stops at `max_value`.
+    Returns (value, recall at it).
     """
     k = truth.shape[1]
     value = 16 if name == "efSearch" else 1
@@ -391,7 +421,7 @@ def tune_with_truth(
         value = min(value, max_value)
         set_search_param(index, name, value)
         _, found = index.search(queries, k)
-        recall = recall_at_k(found, truth)
+        recall = neighbour_recall(found, truth)
         log.info("tuning %s=%d: recall@%d %.3f", name, value, k, recall)
         if best is not None and recall - best[1] < PLATEAU:
             value, recall = best

@@ -15,17 +15,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from index.args import add_index_dir
 from index.search import CaptionHit, ImageHit, search_image, search_text
 from index.store import check_built_with, load_index
-from vsepp.cli import (
-    UsageError,
-    add_index_dir,
-    add_log_level,
-    add_model_dir,
-    at_least_one,
-    program,
-    setup_logging,
-)
+from vsepp.cli import UsageError, add_log_level, add_model_dir, at_least_one, program, setup_logging
 from vsepp.model_dir import load_encoders
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,9 @@ import argparse
 import logging
 from collections.abc import Sequence
 
+from index.args import add_index_dir
 from index.update import missing_images, remove_from_index
-from vsepp.cli import add_index_dir, add_log_level, program, setup_logging
+from vsepp.cli import add_log_level, program, setup_logging
 
 log = logging.getLogger(__name__)
 

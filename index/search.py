@@ -1,7 +1,9 @@
-"""Searching an index with a model, and the hits as records.
+"""Searching a loaded index, and the hits as records: the one home of both, for
+`index.query` and the service alike.
 
-`image_hits` / `caption_hits` are the one place a row of an index becomes a result:
-`index.query` prints them and the service returns them (adding URLs).
+`top_images` / `top_captions` search with query vectors and are the one place FAISS's
+padding (row -1, where an approximate index found fewer than k) is dropped; `image_hits` /
+`caption_hits` are the one place a row of an index becomes a result (the service adds URLs).
 """
 
 from __future__ import annotations
@@ -40,25 +42,60 @@ class CaptionHit:
     score: float  # cosine similarity
 
 
-def _ranked(scores: np.ndarray, rows: np.ndarray, first_rank: int) -> list[tuple[int, float, int]]:
-    """(rank, score, row) best first; FAISS pads missing results with row -1."""
-    kept = [(float(s), int(r)) for s, r in zip(scores, rows, strict=True) if r >= 0]
-    return [(rank, s, r) for rank, (s, r) in enumerate(kept, start=first_rank)]
+@dataclass(frozen=True)
+class Ranked:
+    """Rows of an index with their cosine scores, best first, padding (-1) removed."""
+
+    scores: np.ndarray  # float32 [m]
+    rows: np.ndarray  # int64 [m]
+
+    def after(self, offset: int) -> Ranked:
+        """The results past the first `offset` (a page further down)."""
+        return Ranked(self.scores[offset:], self.rows[offset:]) if offset else self
 
 
-def image_hits(
-    index: LoadedIndex, scores: np.ndarray, rows: np.ndarray, *, first_rank: int = 1
-) -> list[ImageHit]:
-    """Hits of one query's image rows and scores (ranks from `first_rank`, for paging)."""
+NOTHING = Ranked(np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+
+def ranked(scores: np.ndarray, rows: np.ndarray) -> Ranked:
+    """One query's FAISS answer without its padding."""
+    scores, rows = np.asarray(scores, dtype=np.float32), np.asarray(rows, dtype=np.int64)
+    keep = rows >= 0
+    return Ranked(scores[keep], rows[keep])
+
+
+def top_images(index: LoadedIndex, queries: np.ndarray, k: int) -> list[Ranked]:
+    """The k images nearest to each query vector (cosine), best first."""
+    return _top(index, "images", queries, k)
+
+
+def top_captions(index: LoadedIndex, queries: np.ndarray, k: int) -> list[Ranked]:
+    """The k captions nearest to each query vector (cosine), best first."""
+    return _top(index, "captions", queries, k)
+
+
+def _top(index: LoadedIndex, side: str, queries: np.ndarray, k: int) -> list[Ranked]:
+    q = np.asarray(queries, dtype=np.float32)
+    q = q.reshape(1, -1) if q.ndim == 1 else q
+    count = len(index.image_ids) if side == "images" else len(index.captions)
+    if min(k, count) < 1:
+        return [NOTHING] * len(q)
+    search = index.search_images if side == "images" else index.search_captions
+    scores, rows = search(q, min(k, count))
+    return [ranked(s, r) for s, r in zip(scores, rows, strict=True)]
+
+
+def image_hits(index: LoadedIndex, found: Ranked, *, first_rank: int = 1) -> list[ImageHit]:
+    """The records of ranked image rows (ranks from `first_rank`, for paging)."""
     out = []
-    for rank, score, row in _ranked(scores, rows, first_rank):
+    for rank, (score, row) in enumerate(zip(found.scores, found.rows, strict=True), first_rank):
         record = index.image_records[row]
         out.append(
             ImageHit(
                 rank,
                 record.image_id,
-                score,
-                index.captions_of(row),
+                float(score),
+                index.captions_of(int(row)),
                 record.width,
                 record.height,
                 record.meta,
@@ -67,16 +104,15 @@ def image_hits(
     return out
 
 
-def caption_hits(
-    index: LoadedIndex, scores: np.ndarray, rows: np.ndarray, *, first_rank: int = 1
-) -> list[CaptionHit]:
-    """Hits of one query's caption rows and scores (ranks from `first_rank`, for paging)."""
+def caption_hits(index: LoadedIndex, found: Ranked, *, first_rank: int = 1) -> list[CaptionHit]:
+    """The records of ranked caption rows (ranks from `first_rank`, for paging)."""
     out = []
-    for rank, score, row in _ranked(scores, rows, first_rank):
-        image_row = int(index.caption_image_rows[row])
+    for rank, (score, row) in enumerate(zip(found.scores, found.rows, strict=True), first_rank):
+        r = int(row)
+        image_row = int(index.caption_image_rows[r])
         image_id = index.image_ids[image_row] if image_row >= 0 else None
         out.append(
-            CaptionHit(rank, index.captions[row], index.caption_ids[row], row, image_id, score)
+            CaptionHit(rank, index.captions[r], index.caption_ids[r], r, image_id, float(score))
         )
     return out
 
@@ -84,8 +120,7 @@ def caption_hits(
 def search_text(encoders: EncodersLike, loaded: LoadedIndex, text: str, k: int) -> list[ImageHit]:
     """Images for a caption query, best first."""
     vectors, _ = encoders.encode_texts([text])
-    scores, rows = loaded.search_images(np.asarray(vectors, np.float32), k)
-    return image_hits(loaded, scores[0], rows[0])
+    return image_hits(loaded, top_images(loaded, np.asarray(vectors, np.float32), k)[0])
 
 
 def search_image(
@@ -93,5 +128,4 @@ def search_image(
 ) -> list[CaptionHit]:
     """Captions for an image file query, best first."""
     vectors = encoders.encode_image_bytes([blob])
-    scores, rows = loaded.search_captions(np.asarray(vectors, np.float32), k)
-    return caption_hits(loaded, scores[0], rows[0])
+    return caption_hits(loaded, top_captions(loaded, np.asarray(vectors, np.float32), k)[0])

@@ -39,7 +39,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from index.faiss_index import normalize
 from index.sources import SourceImage
+from index.store import NewCaption, NewImage
+from index.streaming import ChunkSource, VectorSource
 from vsepp.atomic import write_bytes_atomic, write_json_atomic
 from vsepp.embed import embed_blobs, embed_texts
 from vsepp.images import DEFAULT_MAX_PIXELS, ImageFileError, canonical_image
@@ -301,8 +304,13 @@ def embed_to_shards(
     batch_size: int = 32,
     resume: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    dedupe: bool = True,
 ) -> Summary:
-    """Embed the images of `items` into shards under `shards_dir` (see the module doc)."""
+    """Embed the images of `items` into shards under `shards_dir` (see the module doc).
+
+    With `dedupe` False every image is its own record even when its bytes repeat another's
+    (a dataset split: each image keeps its own captions, as the protocol counts them).
+    """
     if shard_size < 1:
         raise ValueError(f"shard_size={shard_size}: must be at least 1")
     root = Path(shards_dir)
@@ -318,7 +326,7 @@ def embed_to_shards(
             "out of order, as index.beam_embed does): go on with that program"
         )
     try:
-        summary = _embed(items, encoders, root, done, shard_size, batch_size, max_pixels)
+        summary = _embed(items, encoders, root, done, shard_size, batch_size, max_pixels, dedupe)
     except (ValueError, OSError):
         # A source that cannot be read leaves nothing behind (a kill leaves shards to resume).
         if fresh:
@@ -338,6 +346,7 @@ def _embed(
     shard_size: int,
     batch_size: int,
     max_pixels: int,
+    dedupe: bool,
 ) -> Summary:
     summary = Summary(shards=len(done))
     seen: set[str] = set()
@@ -346,11 +355,12 @@ def _embed(
         seen.update(shard.seen)
         first_of.update({r["sha256"]: r["image_id"] for r in shard.images})
     todo = (item for item in items if item.image_id not in seen)
+    original: Originals = first_of.setdefault if dedupe else _itself
     builder = ShardWriter(encoders, root, len(done), batch_size)
     with tqdm(desc="images", unit="img", disable=None) as bar:
         min_side = jpeg_min_side(encoders.manifest)
         for item, data, digest, width, height, reason in prepared(todo, max_pixels, min_side):
-            builder.take(item, (data, digest, width, height, reason), first_of.setdefault)
+            builder.take(item, (data, digest, width, height, reason), original)
             bar.update(1)
             if len(builder.seen) >= shard_size:
                 count_shard(summary, builder.write())
@@ -360,6 +370,11 @@ def _embed(
     for shard in done:
         count_shard(summary, shard, resumed=True)
     return summary
+
+
+def _itself(digest: str, image_id: str) -> str:
+    """An `Originals` that makes no image a duplicate of another."""
+    return image_id
 
 
 def count_shard(summary: Summary, shard: Shard, *, resumed: bool = False) -> None:
@@ -484,3 +499,121 @@ def read_corpus(shards_dir: str | os.PathLike[str]) -> tuple[list[str], np.ndarr
         return None
     texts = json.loads((root / "corpus.json").read_text(encoding="utf-8"))
     return list(texts), np.load(root / "corpus.npy")
+
+
+@dataclass
+class Collected:
+    """The contents of a shards directory, ready for `build_index_dir` or `add_to_index`."""
+
+    image_vectors: np.ndarray
+    images: list[NewImage]
+    caption_vectors: np.ndarray
+    captions: list[NewCaption]
+    skipped: list[dict[str, Any]]
+    duplicates: int
+    meta: dict[str, Any]
+
+
+def collect_shards(
+    shards_dir: str | os.PathLike[str],
+    *,
+    copy_images: bool,
+    expected_model_hash: str | None = None,
+    vectors: bool = True,
+) -> Collected:
+    """Read every shard (and the corpus); duplicates become aliases of the image they repeat.
+    Holds all vectors (the caller's in-memory index needs them anyway) unless `vectors` is
+    False: then the vector arrays are empty. Shards embedded with another model than
+    `expected_model_hash`, half-written or missing ones are refused."""
+    meta = read_shards_meta(shards_dir)
+    if expected_model_hash is not None and meta.get("model_hash") != expected_model_hash:
+        raise ShardsError(
+            f"{shards_dir} was embedded with the model of hash {meta.get('model_hash')!r}, not "
+            f"with this --model_dir's {expected_model_hash!r}: its vectors live in another "
+            "space; embed the images again with this model (or build with the model that "
+            "made them)"
+        )
+    dim = int(meta["dim"])
+    records: list[dict[str, Any]] = []
+    image_vectors, caption_vectors = (
+        [np.zeros((0, dim), np.float32)],
+        [np.zeros((0, dim), np.float32)],
+    )
+    skipped: list[dict[str, Any]] = []
+    aliases: dict[str, list[str]] = {}
+    for shard in read_shards(shards_dir):
+        records.extend(shard.images)
+        if vectors:
+            image_vectors.append(np.asarray(shard.vectors))
+            caption_vectors.append(np.asarray(shard.caption_vectors))
+        skipped.extend(shard.skipped)
+        for d in shard.duplicates:
+            aliases.setdefault(d["of"], []).append(d["image_id"])
+    images = [
+        NewImage(
+            r["image_id"],
+            Path(r["file"]) if copy_images else None,
+            r["width"],
+            r["height"],
+            r["meta"] or None,
+            tuple(aliases.get(r["image_id"], ())),
+            r["file"],
+        )
+        for r in records
+    ]
+    captions = [NewCaption(r["image_id"], t) for r in records for t in r["captions"]]
+    corpus = read_corpus(shards_dir)
+    if corpus is not None:
+        captions += [NewCaption(None, t) for t in corpus[0]]
+        if vectors:
+            caption_vectors.append(corpus[1])
+    return Collected(
+        np.concatenate(image_vectors),
+        images,
+        np.concatenate(caption_vectors),
+        captions,
+        skipped,
+        sum(len(v) for v in aliases.values()),
+        meta,
+    )
+
+
+def require_embedded(got: Collected, shards_dir: str | os.PathLike[str]) -> None:
+    """Refuse shards in which no image was embedded, naming the first skipped file's reason."""
+    if not got.images:
+        first = f" (first: {got.skipped[0]['image_id']}: {got.skipped[0]['reason']})"
+        raise ValueError(f"{shards_dir}: no image could be embedded{first if got.skipped else ''}")
+
+
+def _normalized(chunks: Iterator[np.ndarray], what: str) -> Iterator[np.ndarray]:
+    for chunk in chunks:
+        yield normalize(chunk, what)
+
+
+def shard_sources(shards_dir: str | os.PathLike[str], dim: int) -> dict[str, VectorSource]:
+    """The image and caption vectors of the shards (and the corpus) as streamed sources."""
+    n_images = n_captions = 0
+    for shard in read_shards(shards_dir):
+        n_images += len(shard.vectors)
+        n_captions += len(shard.caption_vectors)
+    corpus = read_corpus(shards_dir)
+    n_captions += 0 if corpus is None else len(corpus[1])
+
+    def images() -> Iterator[np.ndarray]:
+        return _normalized((s.vectors for s in read_shards(shards_dir)), "image vectors")
+
+    def captions() -> Iterator[np.ndarray]:
+        def raw() -> Iterator[np.ndarray]:
+            for s in read_shards(shards_dir):
+                if len(s.caption_vectors):
+                    yield s.caption_vectors
+            extra = read_corpus(shards_dir)
+            if extra is not None and len(extra[1]):
+                yield extra[1]
+
+        return _normalized(raw(), "caption vectors")
+
+    return {
+        "images": ChunkSource(n_images, dim, images),
+        "captions": ChunkSource(n_captions, dim, captions),
+    }

@@ -19,13 +19,14 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -139,18 +140,38 @@ class IndexPart:
     # On-disk inverted lists the index maps (index.streaming); moved in as SIDE.ivfdata.
     ivfdata: Path | None = None
 
+    @classmethod
+    def empty(cls, dim: int, **facts: Any) -> IndexPart:
+        """A side with no vectors: an empty exact index (an index of images alone still
+        answers text-to-image and image-to-image searches). `facts` add to its section."""
+        base = {"index_type": "flat", "params": {}, "factory": "Flat", "count": 0, "dim": dim,
+                "exact": True, "metric": "inner_product", "recall_at_10": 1.0,
+                "recall_queries": 0}  # fmt: skip
+        return cls(faiss.IndexFlatIP(dim), {**base, **facts}, np.zeros((0, dim), np.float32))
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+MAX_IMAGE_ID = 1024  # characters
+
+
+def is_plain_image_id(image_id: str) -> bool:
+    """True for an id that is a relative POSIX path of plain names: no '..', '.' or empty
+    parts, no absolute path, drive letter, backslash or NUL, at most MAX_IMAGE_ID long. The
+    one rule for ids, when a build stores a copy under one and when a request names one."""
+    return (
+        isinstance(image_id, str)
+        and 0 < len(image_id) <= MAX_IMAGE_ID
+        and "\x00" not in image_id
+        and "\\" not in image_id
+        and not image_id.startswith("/")
+        and not _DRIVE.match(image_id)
+        and all(part not in ("", ".", "..") for part in image_id.split("/"))
+    )
+
 
 def check_image_id(image_id: str) -> str:
     """`image_id` as a safe relative POSIX path to store the copy under, or an error."""
-    p = PurePosixPath(image_id)
-    if (
-        not image_id
-        or p.is_absolute()
-        or "\\" in image_id
-        or "\x00" in image_id
-        or any(part in ("..", ".") for part in image_id.split("/"))
-        or str(p) != image_id
-    ):
+    if not is_plain_image_id(image_id):
         raise ValueError(f"image_id {image_id!r} is not a plain relative path; cannot store it")
     return image_id
 
@@ -558,18 +579,12 @@ class LoadedIndex:
         if k == 0 or len(q) == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         scores, rows = index.search(q, k)
-        # Approximate indexes may return fewer than k hits (-1): drop the columns that are
-        # empty for every query, and give any remaining hole the score -inf.
-        found = rows >= 0
-        keep = int(found.any(axis=0).nonzero()[0].max()) + 1 if found.any() else 0
-        scores = np.where(found, scores, -np.inf)[:, :keep].astype(np.float32)
-        return scores, rows[:, :keep].astype(np.int64)
+        return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
 
     def search_images(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k images per query: (scores float32 [n, k'], rows int64 [n, k']), best first.
-
-        k' = min(k, number of images), less only if an approximate index found fewer.
-        """
+        """Top-k images per query: (scores float32 [n, k'], rows int64 [n, k']), best first,
+        k' = min(k, number of images): FAISS's own answer, so an approximate index that
+        found fewer pads with row -1 (`index.search.ranked` drops it)."""
         return self._search(self.image_index, queries, k, "images")
 
     def search_captions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -583,10 +598,10 @@ class LoadedIndex:
     def image_file(self, image_id: str) -> Path | None:
         """The stored copy of an indexed image; None for anything else.
 
-        Only ids listed in images.json (compared as raw strings, nothing decoded) whose
-        stored file resolves to a regular file inside INDEX_DIR/images.
+        Only plain ids (`is_plain_image_id`) listed in images.json (compared as raw strings,
+        nothing decoded) whose stored file resolves to a regular file inside INDEX_DIR/images.
         """
-        row = self.image_row(image_id)
+        row = self.image_row(image_id) if is_plain_image_id(image_id) else None
         rel = None if row is None else self.image_paths[row]
         if rel is None:
             return None

@@ -34,11 +34,12 @@ import numpy as np
 
 from index.budget import FLUSH_BYTES, TRAIN_POINTS_PER_LIST, Choice, choose_pair
 from index.faiss_index import (
+    DEFAULT_EF_CONSTRUCTION,
     MAX_EF_SEARCH,
     RECALL_NOISE,
     TUNE_QUERIES,
+    neighbour_recall,
     quantizer_ef,
-    recall_at_k,
     set_search_param,
     tune_with_truth,
 )
@@ -279,7 +280,7 @@ def build_streaming(
         if ondisk:
             p["quantizer_efSearch"] = quantizer_ef(int(p["nprobe"]))
         _, found = index.search(eval_q, k)
-        recall = recall_at_k(found, truth_eval.rows[:, :k])
+        recall = neighbour_recall(found, truth_eval.rows[:, :k])
     p["seed"] = seed
     facts.update(
         {
@@ -304,7 +305,7 @@ def build_streaming(
 
 def _empty_hnsw(d: int, p: dict[str, Any], seed: int) -> faiss.Index:
     hnsw: Any = faiss.IndexHNSWFlat(d, int(p["M"]), faiss.METRIC_INNER_PRODUCT)
-    hnsw.hnsw.efConstruction = int(p.get("efConstruction", 80))
+    hnsw.hnsw.efConstruction = int(p.get("efConstruction") or DEFAULT_EF_CONSTRUCTION)
     hnsw.hnsw.rng = faiss.RandomGenerator(seed)  # type: ignore[attr-defined]
     return hnsw
 
@@ -392,10 +393,7 @@ def budgeted_parts(
                  source.n, budget, choice.factory, choice.serving_bytes,
                  choice.build_bytes)  # fmt: skip
         if source.n == 0:
-            facts = {"index_type": "flat", "params": {}, "factory": "Flat", "count": 0,
-                     "dim": source.d, "exact": True, "metric": "inner_product",
-                     "recall_at_10": 1.0, "recall_queries": 0}  # fmt: skip
-            parts[side] = IndexPart(faiss.IndexFlatIP(source.d), {**facts, **choice.facts(budget)})
+            parts[side] = IndexPart.empty(source.d, **choice.facts(budget))
             continue
         built = build_streaming(source, choice, scratch, side=side, seed=seed,
                                 recall_queries=recall_queries,

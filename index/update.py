@@ -1,4 +1,4 @@
-"""Keeping an index directory current: append images and captions, and remove images.
+"""Keeping an index directory current: add images and captions, remove images.
 
 `add_to_index` is the model-free core: it loads the directory into memory, adds the new
 vectors to both FAISS indexes (a trained IVF / IVF-PQ keeps its centroids; HNSW links the
@@ -22,17 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from index.collection import (
+from index.builder import (
     CORPUS,
     RECALL_QUERIES,
-    build_part,
+    IndexPolicy,
     caption_records,
     check_counts,
     empty_vectors,
-    normalize,
-    require_cosine,
     side_facts,
 )
+from index.faiss_index import normalize
 from index.store import (
     SIDES,
     CaptionRecord,
@@ -48,7 +47,7 @@ from index.store import (
 )
 from vsepp.atomic import writer_lock
 from vsepp.embed import embed_images, embed_texts
-from vsepp.model_dir import EncodersLike
+from vsepp.model_dir import EncodersLike, require_cosine
 
 log = logging.getLogger(__name__)
 
@@ -210,10 +209,8 @@ def remove_from_index(
             facts = manifest[side]
             params = {k: v for k, v in facts.get("params", {}).items() if k != "seed"}
             vectors = np.asarray(old.vectors(side))[rows] if rows else empty_vectors(old.dim)
-            parts[side] = build_part(
+            parts[side] = IndexPolicy(facts["index_type"], params).build_part(
                 vectors,
-                facts["index_type"],
-                params,
                 seed=seed,
                 recall_queries=int(facts.get("recall_queries") or RECALL_QUERIES),
             )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index import LoadedIndex
+from index.search import Ranked, top_captions, top_images
 from service.imaging import canonical_upload, rejected
 from service.metrics import Metrics
 from vsepp.images import CanonicalImage, ImageFileError
@@ -41,29 +42,11 @@ def search_text_batch(queries: list[TextQuery]) -> list[TextHits]:
 
 
 @dataclass(frozen=True)
-class Ranked:
-    """Rows of an index with their cosine scores, best first, padding (-1) removed."""
-
-    scores: np.ndarray  # float32 [m]
-    rows: np.ndarray  # int64 [m]
-
-    def after(self, offset: int) -> Ranked:
-        """The results past the first `offset` (a page further down)."""
-        return Ranked(self.scores[offset:], self.rows[offset:]) if offset else self
-
-
-@dataclass(frozen=True)
 class TextHits:
     """What a text query found, and how many of its words the model knows."""
 
     known_words: int
     ranked: Ranked
-
-
-def _ranked(scores: np.ndarray, rows: np.ndarray, k: int) -> Ranked:
-    scores, rows = np.asarray(scores[:k], dtype=np.float32), np.asarray(rows[:k], dtype=np.int64)
-    keep = rows >= 0
-    return Ranked(scores=scores[keep], rows=rows[keep])
 
 
 class SearchEngine:
@@ -73,8 +56,6 @@ class SearchEngine:
         self.encoders = encoders
         self.index = index
         self.metrics = metrics
-        self.num_images = len(index.image_ids)
-        self.num_captions = len(index.captions)
 
     def search_texts(self, queries: list[TextQuery]) -> list[TextHits]:
         """Encode a batch of text queries in one call and search their images in one call.
@@ -86,14 +67,12 @@ class SearchEngine:
             vectors, known = self.encoders.encode_texts([q.text for q in queries])
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         known = np.asarray(known).reshape(-1)
-        k_max = min(max(q.k for q in queries), self.num_images)
-        if k_max < 1:
-            empty = Ranked(np.zeros(0, np.float32), np.zeros(0, np.int64))
-            return [TextHits(int(n), empty) for n in known]
+        k_max = max(q.k for q in queries)
         with self.metrics.stage("search", "text"):
-            scores, rows = self.index.search_images(vectors, k_max)
+            found = top_images(self.index, vectors, k_max)
         return [
-            TextHits(int(known[i]), _ranked(scores[i], rows[i], q.k)) for i, q in enumerate(queries)
+            TextHits(int(known[i]), Ranked(f.scores[: q.k], f.rows[: q.k]))
+            for i, (q, f) in enumerate(zip(queries, found, strict=True))
         ]
 
     def embed_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -137,20 +116,10 @@ class SearchEngine:
 
     def search_captions(self, vector: np.ndarray, k: int) -> Ranked:
         """The k captions nearest to one vector."""
-        k = min(k, self.num_captions)
-        if k < 1:
-            return Ranked(np.zeros(0, np.float32), np.zeros(0, np.int64))
-        query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
         with self.metrics.stage("search", "image"):
-            scores, rows = self.index.search_captions(query, k)
-        return _ranked(scores[0], rows[0], k)
+            return top_captions(self.index, vector, k)[0]
 
     def search_images(self, vector: np.ndarray, k: int) -> Ranked:
         """The k images nearest to one vector."""
-        k = min(k, self.num_images)
-        if k < 1:
-            return Ranked(np.zeros(0, np.float32), np.zeros(0, np.int64))
-        query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
         with self.metrics.stage("search", "image"):
-            scores, rows = self.index.search_images(query, k)
-        return _ranked(scores[0], rows[0], k)
+            return top_images(self.index, vector, k)[0]

@@ -37,7 +37,6 @@ class Backend:
     index: LoadedIndex
     engine: SearchEngine
     text_batcher: MicroBatcher[TextQuery, TextHits]
-    image_rows: dict[str, int]  # image_id -> row of the image index
 
 
 def check_same_model(encoders: EncodersLike, index: LoadedIndex) -> None:
@@ -157,9 +156,8 @@ class ServiceState:
                 max_batch=self.settings.batch_max,
                 on_batch=self.metrics.text_batch_size.observe,
             )
-        rows = {image_id: row for row, image_id in enumerate(index.image_ids)}
         # One assignment: a request sees the old backend or the new one, never a mix.
-        self.backend = Backend(encoders, index, engine, self._batcher, rows)
+        self.backend = Backend(encoders, index, engine, self._batcher)
         self.error = None
         return self.backend
 

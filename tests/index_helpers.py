@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from index.collection import build_index_dir
+from index.builder import IndexPolicy, build_index_dir
 from index.store import MANIFEST, NewCaption, NewImage
 from vsepp.images import ImageFileError
 
@@ -77,13 +77,13 @@ def collection(
 
 
 def make_index(
-    out: Path, n_images: int = 40, *, index_type: str = "flat", seed: int = 0, **kw: Any
+    out: Path, n_images: int = 40, *, index_type: str = "flat", seed: int = 0
 ) -> dict[str, Any]:
     """A small index directory with image files; returns its manifest."""
     files = out.parent / f"{out.name}-src"
     im, records, caps, cap_records = collection(n_images, seed=seed, files=files)
     return build_index_dir(
-        out, im, records, caps, cap_records, model_hash="model-a", index_type=index_type, **kw
+        out, im, records, caps, cap_records, model_hash="model-a", policy=IndexPolicy(index_type)
     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from index import store
-from index.collection import build_index_dir
+from index.builder import IndexPolicy, build_index_dir
 from index.store import IndexDirError, ModelMismatchError, NewCaption, NewImage, load_index
 from index.update import add_to_index
 from tests.index_helpers import collection, faiss_threads, fake_image, leftovers, unit_vectors
@@ -32,8 +32,8 @@ def _split(tmp_path: Path, n: int, first: int) -> tuple[tuple, tuple, tuple]:
 
 def test_flat_append_equals_build_at_once(tmp_path: Path) -> None:
     whole, head, tail = _split(tmp_path, 50, 30)
-    build_index_dir(tmp_path / "once", *whole, model_hash="m", index_type="flat")
-    build_index_dir(tmp_path / "inc", *head, model_hash="m", index_type="flat")
+    build_index_dir(tmp_path / "once", *whole, model_hash="m", policy=IndexPolicy("flat"))
+    build_index_dir(tmp_path / "inc", *head, model_hash="m", policy=IndexPolicy("flat"))
     manifest = add_to_index(tmp_path / "inc", *tail, expected_model_hash="m")
     assert manifest["images"]["count"] == 50 and manifest["captions"]["count"] == 250
     assert [u["added_images"] for u in manifest["updates"]] == [20]
@@ -54,7 +54,7 @@ def test_flat_append_equals_build_at_once(tmp_path: Path) -> None:
 
 def test_duplicate_image_is_a_noop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _, head, _ = _split(tmp_path, 10, 10)
-    before = build_index_dir(tmp_path / "idx", *head, model_hash="m", index_type="flat")
+    before = build_index_dir(tmp_path / "idx", *head, model_hash="m", policy=IndexPolicy("flat"))
     im, recs, caps, cap_recs = head
     with caplog.at_level(logging.INFO, logger="index.update"):
         after = add_to_index(tmp_path / "idx", im[:2], recs[:2], caps[:10], cap_recs[:10])
@@ -65,7 +65,7 @@ def test_duplicate_image_is_a_noop(tmp_path: Path, caplog: pytest.LogCaptureFixt
 
 def test_mixed_batch_adds_only_new_images(tmp_path: Path) -> None:
     whole, head, _ = _split(tmp_path, 12, 10)
-    build_index_dir(tmp_path / "idx", *head, model_hash="m", index_type="flat")
+    build_index_dir(tmp_path / "idx", *head, model_hash="m", policy=IndexPolicy("flat"))
     im, recs, caps, cap_recs = whole
     # Images 8..11: 8 and 9 are indexed already; 11 comes twice in the batch.
     rows = [8, 9, 10, 11, 11]
@@ -97,8 +97,7 @@ def test_append_to_approximate_index(tmp_path: Path, index_type: str, params: di
         tmp_path / "idx",
         *head,
         model_hash="m",
-        index_type=index_type,
-        params=params,
+        policy=IndexPolicy(index_type, params),
         recall_queries=100,
     )
     before = load_index(tmp_path / "idx").manifest
@@ -119,7 +118,7 @@ def test_append_to_approximate_index(tmp_path: Path, index_type: str, params: di
 
 def test_refusals(tmp_path: Path) -> None:
     _, head, tail = _split(tmp_path, 12, 10)
-    build_index_dir(tmp_path / "idx", *head, model_hash="model-a", index_type="flat")
+    build_index_dir(tmp_path / "idx", *head, model_hash="model-a", policy=IndexPolicy("flat"))
     with pytest.raises(ModelMismatchError, match=r"model-a.*model-b"):
         add_to_index(tmp_path / "idx", *tail, expected_model_hash="model-b")
     im, recs, caps, cap_recs = tail
@@ -140,7 +139,7 @@ def test_refusals(tmp_path: Path) -> None:
 
 def test_failed_append_leaves_old_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _, head, tail = _split(tmp_path, 12, 10)
-    before = build_index_dir(tmp_path / "idx", *head, model_hash="m", index_type="flat")
+    before = build_index_dir(tmp_path / "idx", *head, model_hash="m", policy=IndexPolicy("flat"))
 
     def failing(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")

@@ -13,7 +13,7 @@ from index.faiss_index import (
     build_index,
     exact_vectors,
     measure_recall,
-    recall_at_k,
+    neighbour_recall,
     resolve_type,
     sample_queries,
 )
@@ -161,7 +161,7 @@ def test_bare_ivfpq_keeps_no_exact_vectors() -> None:
 def test_recall_at_k_ignores_missing_hits() -> None:
     truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     found = np.array([[4, 3, -1, -1], [5, 6, 7, 9]])
-    assert recall_at_k(found, truth) == pytest.approx((2 + 3) / 8)
+    assert neighbour_recall(found, truth) == pytest.approx((2 + 3) / 8)
 
 
 def test_sample_queries_are_seeded_and_noisy() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from index import add, build, evaluate, query, recall
-from index.collection import build_from_split
+from index import add, build, builder, evaluate, query, retrieval_metrics
+from index.builder import BuildOptions, IndexPolicy, SplitSource
 from index.store import ModelMismatchError, load_index
 from index.update import add_with_model
 from tests.index_helpers import DIM, FakeEncoders, faiss_threads, fake_image, leftovers
@@ -52,7 +53,7 @@ def _flickr(root: Path, n: int, bad: dict[int, bytes] | None = None) -> dict[str
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeEncoders:
     encoders = FakeEncoders()
-    for module in (build, add, query):
+    for module in (builder, add, query):
         monkeypatch.setattr(
             module, "load_encoders", lambda model_dir, precision="float32": encoders
         )
@@ -83,8 +84,8 @@ def test_build_skips_bad_images_and_evaluates(tmp_path: Path, fake: FakeEncoders
     assert loaded.image_file("1000_abc.jpg") is not None
     assert loaded.image_file("1003_abc.jpg") is None
     # The batch with the corrupt image is retried one by one; files that are no image at all
-    # are never sent to the model.
-    assert fake.image_calls == [4, 1, 1, 1, 1, 2, 4]
+    # are never sent to the model, nor take a place in a batch.
+    assert fake.image_calls == [4, 1, 1, 1, 1, 4, 2]
 
     metrics = tmp_path / "metrics.json"
     assert evaluate.main(["--index", str(out), "--metrics_out", str(metrics)]) == 0
@@ -106,7 +107,7 @@ def test_build_with_hnsw_reports_delta(tmp_path: Path, fake: FakeEncoders) -> No
     loaded = load_index(out)
     assert loaded.manifest["images"]["params"]["efSearch"] == 4
     assert loaded.image_file("1000_abc.jpg") is None and not any((out / "images").iterdir())
-    result = recall.evaluate_index(load_index(out, mmap=False))
+    result = retrieval_metrics.evaluate_index(load_index(out, mmap=False))
     assert result["approximate"]
     assert result["exact_top10"]["t2i"]["r1"] == pytest.approx(result["exact"]["t2i"]["r1"])
     assert result["delta"]["rsum"] <= 0
@@ -185,7 +186,7 @@ def test_add_a_split(tmp_path: Path, fake: FakeEncoders) -> None:
     assert add.main(argv) == 0
     loaded = load_index(tmp_path / "idx")
     assert len(loaded.image_ids) == 8 and len(loaded.captions) == 40
-    result = recall.evaluate_index(loaded)
+    result = retrieval_metrics.evaluate_index(loaded)
     assert result["exact"]["n_images"] == 8
 
 
@@ -198,15 +199,64 @@ class _Split:
     captions_per_image: int = 5
 
 
+def test_a_split_keeps_byte_copies_with_their_own_captions(
+    tmp_path: Path, fake: FakeEncoders
+) -> None:
+    """A split goes through shards like a folder, but two images with the same bytes stay
+    two images, each with its five captions: the protocol counts both."""
+    data = _flickr(tmp_path / "data", 6, bad={4: fake_image("1000_abc.jpg")})
+    out = tmp_path / "idx"
+    assert build.main(_build_args(data, out)) == 0
+    loaded = load_index(out)
+    assert len(loaded.image_ids) == 6 and len(loaded.captions) == 30
+    assert loaded.manifest["source"]["duplicates"] == 0
+    assert loaded.captions_of(loaded.image_row("1004_abc.jpg"))[0] == (
+        "caption 0 shows 1004_abc.jpg here"
+    )
+    assert retrieval_metrics.evaluate_index(loaded)["exact"]["n_images"] == 6
+    assert not Path(f"{out}.shards").exists()  # embedded here, removed after the build
+
+
+def test_a_split_resumes_after_a_kill_and_builds_under_a_budget(
+    tmp_path: Path, fake: FakeEncoders
+) -> None:
+    data = _flickr(tmp_path / "data", 10)
+    once = tmp_path / "once"
+    assert build.main(_build_args(data, once, "--shard_size", "4")) == 0
+    # A run killed after its first shard: the shards of a complete run, less the later ones.
+    out, shards = tmp_path / "idx", tmp_path / "idx.shards"
+    assert build.main(_build_args(data, out, "--shard_size", "4", "--keep_shards")) == 0
+    for late in [*shards.glob("shard-00001*"), *shards.glob("shard-00002*")]:
+        late.unlink()
+    shutil.rmtree(out)
+    calls = len(fake.image_calls)
+    assert build.main(_build_args(data, out, "--shard_size", "4")) == 2  # not without --resume
+    assert build.main(_build_args(data, out, "--shard_size", "4", "--resume")) == 0
+    assert sum(fake.image_calls[calls:]) == 6  # only the images after the first shard
+    again, first = load_index(out), load_index(once)
+    assert again.image_ids == first.image_ids and again.caption_ids == first.caption_ids
+    np.testing.assert_array_equal(again.vectors("images"), first.vectors("images"))
+    assert not shards.exists()
+    # --max_index_memory takes the same path: the budget's choice is in the manifest.
+    budget = tmp_path / "budget"
+    assert build.main(_build_args(data, budget, "--max_index_memory", "1G")) == 0
+    manifest = load_index(budget).manifest
+    assert manifest["images"]["index_type"] == "flat"
+    assert manifest["images"]["max_index_memory"] == 2**30
+    assert manifest["source"]["kind"] == "split" and len(load_index(budget).captions) == 50
+
+
 def test_empty_split_and_nothing_embeddable(tmp_path: Path) -> None:
+    def build_split(split: _Split) -> None:
+        source = SplitSource(split)  # type: ignore[arg-type]
+        builder.build(source, tmp_path / "idx", IndexPolicy(), BuildOptions(), FakeEncoders())
+
     with pytest.raises(ValueError, match=r"split 'test' has no images"):
-        build_from_split(_Split("test", [], [], []), FakeEncoders(), tmp_path / "idx")
+        build_split(_Split("test", [], [], []))
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"BAD")
-    with pytest.raises(ValueError, match=r"none of its 1 images could be embedded"):
-        build_from_split(
-            _Split("test", ["bad.jpg"], [bad], ["x"] * 5), FakeEncoders(), tmp_path / "idx"
-        )
+    with pytest.raises(ValueError, match=r"no image could be embedded \(first: bad.jpg: "):
+        build_split(_Split("test", ["bad.jpg"], [bad], ["x"] * 5))
     assert not (tmp_path / "idx").exists()
 
 

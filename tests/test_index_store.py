@@ -12,6 +12,7 @@ import pytest
 
 from index import store
 from index.faiss_index import build_index
+from index.search import image_hits, top_images
 from index.store import (
     CaptionRecord,
     ImageRecord,
@@ -137,7 +138,8 @@ def test_search_input_errors(tmp_path: Path) -> None:
 
 
 def test_missing_hits_are_trimmed(tmp_path: Path) -> None:
-    """An IVF probing one list of many cannot fill k = n: no -1 rows reach the caller."""
+    """An IVF probing one list of many cannot fill k = n: the store gives FAISS's answer
+    (padded with row -1) and the search drops the padding, so no -1 row reaches a caller."""
     im = unit_vectors(400, seed=4)
     index, info = build_index(im, "ivf", nlist=8, nprobe=1)
     write_index_dir(
@@ -149,11 +151,13 @@ def test_missing_hits_are_trimmed(tmp_path: Path) -> None:
         model_hash="m",
     )
     loaded = load_index(tmp_path / "idx")
-    scores, rows = loaded.search_images(im[0], 400)
-    assert 0 < rows.shape[1] < 400 and (rows >= 0).all() and np.isfinite(scores).all()
-    scores, rows = loaded.search_images(im[:20], 400)
-    assert rows.shape[1] < 400 and rows[:, 0].min() >= 0
-    assert np.all(np.isneginf(scores[rows < 0]))
+    _, padded = loaded.search_images(im[:20], 400)
+    assert padded.shape == (20, 400) and (padded < 0).any()
+    found = top_images(loaded, im[:20], 400)
+    assert [len(f.rows) for f in found] == [int((row >= 0).sum()) for row in padded]
+    assert all(0 < len(f.rows) < 400 and (f.rows >= 0).all() for f in found)
+    assert all(np.isfinite(f.scores).all() and (np.diff(f.scores) <= 1e-6).all() for f in found)
+    assert image_hits(loaded, found[0])[0].image_id == "i0"
 
 
 # --------------------------------------------------------------------------- image_file

@@ -22,8 +22,8 @@ from index.budget import (
     format_size,
     parse_size,
 )
-from index.collection import build_index_dir
-from index.faiss_index import exact_search, recall_at_k
+from index.builder import IndexPolicy, build_index_dir
+from index.faiss_index import exact_search, neighbour_recall
 from index.shards import FORMAT as SHARDS_FORMAT
 from index.shards import _save_npy, write_corpus
 from index.store import load_index
@@ -273,7 +273,7 @@ def test_from_shards_under_a_budget_builds_an_on_disk_index(
     )
     _, found = loaded.search_images(q, 10)
     _, truth = exact_search(q / np.linalg.norm(q, axis=1, keepdims=True), vectors, 10)
-    assert recall_at_k(found, truth) >= 0.9
+    assert neighbour_recall(found, truth) >= 0.9
     # The ivfdata path recorded at build time (a scratch dir, now gone) is not what is read.
     assert str(out) not in (out / "images.faiss").read_bytes().decode("latin-1")
 
@@ -360,7 +360,7 @@ def test_the_service_serves_and_reloads_an_on_disk_index(
     images = _fake_encoders().encode_image_bytes([fake_image(r.image_id) for r in records])
     _small_process(monkeypatch)
     first = build_index_dir(live, images, records, caps, caption_records,
-                            model_hash="fake-model", max_index_memory=budget,
+                            model_hash="fake-model", policy=IndexPolicy(max_index_memory=budget),
                             recall_queries=50)  # fmt: skip
     settings = Settings(index_dir=live, admin_token="t0ken", reload_interval_s=0)
     app = create_app(settings, _fake_encoders(), None)

@@ -1,4 +1,4 @@
-"""What every program shares: the log flag and format, path flags, and the exit style.
+"""What every program shares: the log flag and format, --model_dir, and the exit style.
 
 Each program is a `main(argv=None) -> int` decorated with `@program`, the console entry
 point and `python -m` alike: a problem with the user's input (a missing file, a bad value,
@@ -13,11 +13,9 @@ import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Protocol
 
 from vsepp.model_dir import EncoderFailure
-from vsepp.precision import CHOICES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -37,18 +35,6 @@ def add_model_dir(p: argparse.ArgumentParser, *aliases: str, help: str) -> None:
     p.add_argument("--model_dir", *aliases, dest="model_dir", required=True, help=help)
 
 
-def add_precision(p: argparse.ArgumentParser) -> None:
-    """--precision of the image encoder, the same in every program that embeds."""
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=CHOICES,
-        help="bfloat16: the image encoder's convolutions and matrix products in bfloat16 "
-        "(fast on CPUs with AVX512_BF16 or AMX, emulated and slower elsewhere); auto (the "
-        "default): bfloat16 where the CPU has AVX512_BF16 or AMX, float32 elsewhere",
-    )
-
-
 def at_least_one(text: str) -> int:
     """argparse type of a count (batch, shard, queries, k): an integer of at least 1."""
     try:
@@ -58,26 +44,6 @@ def at_least_one(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
     return value
-
-
-def add_batch_size(p: argparse.ArgumentParser, help: str = "images per model call") -> None:
-    """--batch_size of the programs that embed."""
-    p.add_argument("--batch_size", type=at_least_one, default=32, help=help)
-
-
-def add_faiss_threads(p: argparse.ArgumentParser) -> None:
-    """--threads of the programs that build or search FAISS indexes."""
-    p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
-
-
-def add_copy_images(p: argparse.ArgumentParser, help: str) -> None:
-    """--copy_images / --no-copy_images of the programs that write an index directory."""
-    p.add_argument("--copy_images", action=argparse.BooleanOptionalAction, default=True, help=help)
-
-
-def add_index_dir(p: argparse.ArgumentParser, *aliases: str, help: str) -> None:
-    """--index_dir (plus the program's older spellings, kept as aliases)."""
-    p.add_argument("--index_dir", *aliases, dest="index_dir", type=Path, required=True, help=help)
 
 
 def setup_logging(level: str = "INFO") -> None:

@@ -572,17 +572,23 @@ def _ranks(
     return _both_ranks(ims, caps, measure, max_bytes)
 
 
+def recalls_at(ranks: np.ndarray) -> dict[str, float]:
+    """R@1/5/10: percent of the 0-based `ranks` below K, as {"r1", "r5", "r10"}. The one
+    formula of R@K here and in `index.retrieval_metrics` (ranks known only within a top-k too)."""
+    # 100.0 * count / n, in the original's order, so the floats match it bit for bit.
+    return {f"r{k}": float(100.0 * np.count_nonzero(ranks < k) / ranks.size) for k in RECALL_AT}
+
+
 def recall_metrics(ranks: ArrayLike) -> RecallMetrics:
     """R@1/5/10 (percent of ranks < K), ``medr = floor(median) + 1``, ``meanr = mean + 1``."""
     ranks = np.asarray(ranks)
     if ranks.ndim != 1 or ranks.size == 0:
         raise ValueError(f"ranks must be a non-empty 1-D array, got shape {ranks.shape}")
-    # 100.0 * count / n, in the original's order, so the floats match it bit for bit.
-    r1, r5, r10 = (100.0 * np.count_nonzero(ranks < k) / ranks.size for k in RECALL_AT)
+    r = recalls_at(ranks)
     return RecallMetrics(
-        r1=float(r1),
-        r5=float(r5),
-        r10=float(r10),
+        r1=r["r1"],
+        r5=r["r5"],
+        r10=r["r10"],
         medr=float(np.floor(np.median(ranks)) + 1),
         meanr=float(ranks.mean() + 1),
     )

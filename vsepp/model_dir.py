@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -265,3 +265,14 @@ def load_encoders(
     image files (`search_problem`); "evaluate" loads any.
     """
     return Encoders(model_dir, precision, purpose)
+
+
+def require_cosine(model_manifest: Mapping[str, Any]) -> None:
+    """Refuse a model FAISS cannot search: order embeddings rank by order violation, which no
+    FAISS metric computes (the index searches by inner product, cosine on unit vectors)."""
+    measure = model_manifest.get("measure", "cosine")
+    if measure != "cosine":
+        raise ValueError(
+            f"the model was trained with --measure {measure}; the index searches by inner "
+            "product (cosine on normalised vectors): index a --measure cosine model"
+        )

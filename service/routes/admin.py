@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException
 
 from service.deps import SettingsDep, StateDep
-from service.routing import ServiceRoute
+from service.route_class import ServiceRoute
 from service.schemas import ErrorResponse, ReloadResponse
 from service.state import ReloadRefused
 from service.supervisor import tell_siblings

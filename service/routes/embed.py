@@ -12,8 +12,8 @@ from fastapi import APIRouter, File, HTTPException, Response, UploadFile
 from service.deps import BackendDep, SettingsDep, StateDep
 from service.imaging import ImageRejected
 from service.responses import fast_json
+from service.route_class import ServiceRoute, invalid
 from service.routes.helpers import check_text
-from service.routing import ServiceRoute, invalid
 from service.schemas import EmbedResponse, EmbedTextRequest, ErrorResponse
 from service.uploads import read_upload
 

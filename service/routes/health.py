@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.deps import StateDep
-from service.routing import ServiceRoute
+from service.route_class import ServiceRoute
 from service.schemas import HealthResponse, NotReadyResponse
 
 router = APIRouter(tags=["health"], route_class=ServiceRoute)

@@ -8,11 +8,10 @@ from urllib.parse import quote
 
 from fastapi import HTTPException, Request
 
-from index.search import caption_hits, image_hits
+from index.search import Ranked, caption_hits, image_hits
 from service.config import Settings
-from service.routing import invalid
+from service.route_class import invalid
 from service.schemas import DEFAULT_K, CaptionResult, ImageResult
-from service.search import Ranked
 from service.state import Backend
 
 
@@ -71,7 +70,7 @@ def image_results(
     request: Request, backend: Backend, ranked: Ranked, offset: int = 0
 ) -> list[ImageResult]:
     """Ranked image rows as response items (the page after `offset` results)."""
-    hits = image_hits(backend.index, ranked.scores, ranked.rows, first_rank=offset + 1)
+    hits = image_hits(backend.index, ranked, first_rank=offset + 1)
     return [
         ImageResult(
             **asdict(h),
@@ -86,7 +85,7 @@ def caption_results(
     request: Request, backend: Backend, ranked: Ranked, offset: int = 0
 ) -> list[CaptionResult]:
     """Ranked caption rows as response items (the page after `offset` results)."""
-    hits = caption_hits(backend.index, ranked.scores, ranked.rows, first_rank=offset + 1)
+    hits = caption_hits(backend.index, ranked, first_rank=offset + 1)
     return [
         CaptionResult(**asdict(h), image_url=image_url(request, h.image_id) if h.image_id else None)
         for h in hits

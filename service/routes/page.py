@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
 from service.deps import MetricsDep
-from service.routing import ServiceRoute
+from service.route_class import ServiceRoute
 
 router = APIRouter(route_class=ServiceRoute)
 

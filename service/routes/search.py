@@ -9,9 +9,11 @@ import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 
+from index.search import Ranked
 from service.deps import BackendDep, SettingsDep, StateDep
 from service.imaging import ImageRejected
 from service.responses import fast_json
+from service.route_class import ServiceRoute
 from service.routes.helpers import (
     caption_results,
     check_text,
@@ -20,7 +22,6 @@ from service.routes.helpers import (
     resolve_k,
     resolve_offset,
 )
-from service.routing import ServiceRoute
 from service.schemas import (
     ErrorResponse,
     ImageSearchResponse,
@@ -28,7 +29,7 @@ from service.schemas import (
     TextSearchRequest,
     TextSearchResponse,
 )
-from service.search import Ranked, TextQuery
+from service.search import TextQuery
 from service.state import Backend
 from service.uploads import read_upload
 from vsepp.images import CanonicalImage
@@ -149,7 +150,7 @@ async def search_image(
 
 
 def _row_of(backend: Backend, image_id: str) -> int:
-    row = backend.image_rows.get(image_id)
+    row = backend.index.image_row(image_id)
     if row is None:
         raise HTTPException(404, f"no image {image_id[:200]!r} in the index")
     return row

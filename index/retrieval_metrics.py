@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from index.store import LoadedIndex
-from vsepp.evaluation import CAPTIONS_PER_IMAGE, RECALL_AT, evaluate
+from vsepp.evaluation import CAPTIONS_PER_IMAGE, RECALL_AT, evaluate, recalls_at
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,6 @@ def _ranks_from_topk(hits: np.ndarray) -> np.ndarray:
     """0-based rank of the first True per row; len(row) when none is within the top-k."""
     k = hits.shape[1]
     return np.where(hits.any(axis=1), hits.argmax(axis=1), k)
-
-
-def _recalls(ranks: np.ndarray) -> dict[str, float]:
-    return {f"r{k}": float(100.0 * np.count_nonzero(ranks < k) / ranks.size) for k in RECALL_AT}
 
 
 def topk_metrics(
@@ -52,8 +48,8 @@ def topk_metrics(
     found_images = np.where(
         image_rows_i2t >= 0, caption_image_rows[np.maximum(image_rows_i2t, 0)], -1
     )
-    i2t = _recalls(_ranks_from_topk(found_images == np.arange(n)[:, None]))
-    t2i = _recalls(_ranks_from_topk(image_rows_t2i == caption_image_rows[:, None]))
+    i2t = recalls_at(_ranks_from_topk(found_images == np.arange(n)[:, None]))
+    t2i = recalls_at(_ranks_from_topk(image_rows_t2i == caption_image_rows[:, None]))
     rsum = sum(i2t.values()) + sum(t2i.values())
     return {"i2t": i2t, "t2i": t2i, "rsum": float(rsum)}
 

@@ -1,6 +1,8 @@
-"""The source flags of `index.build` and `index.add`: a dataset split, a folder, a list.
+"""The flags of the index programs (`index.build`, `index.add`, `index.beam_embed`,
+`index.query`, `index.remove`, `index.evaluate`): the index directory, the sources (a dataset
+split, a folder, a list, shards) and how images are embedded.
 
-One home for them, so both programs take the same sources with the same names.
+One home for them, so every program takes the same thing under the same name.
 """
 
 from __future__ import annotations
@@ -14,11 +16,48 @@ from index.shards import SHARD_SIZE
 from index.sources import SourceImage, read_list, walk_images_dir
 from vsepp.cli import at_least_one
 from vsepp.images import DEFAULT_MAX_PIXELS
+from vsepp.precision import CHOICES
+
+
+def add_batch_size(p: argparse.ArgumentParser, help: str = "images per model call") -> None:
+    """--batch_size of the programs that embed."""
+    p.add_argument("--batch_size", type=at_least_one, default=32, help=help)
+
+
+def add_faiss_threads(p: argparse.ArgumentParser) -> None:
+    """--threads of the programs that build or search FAISS indexes."""
+    p.add_argument("--threads", type=int, default=0, help="FAISS threads (0: all cores)")
+
+
+def add_copy_images(p: argparse.ArgumentParser, help: str) -> None:
+    """--copy_images / --no-copy_images of the programs that write an index directory."""
+    p.add_argument("--copy_images", action=argparse.BooleanOptionalAction, default=True, help=help)
+
+
+def add_index_dir(p: argparse.ArgumentParser, *aliases: str, help: str) -> None:
+    """--index_dir (plus the program's older spellings, kept as aliases)."""
+    p.add_argument("--index_dir", *aliases, dest="index_dir", type=Path, required=True, help=help)
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """--precision of the image encoder, the same in every program that embeds."""
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=CHOICES,
+        help="bfloat16: the image encoder's convolutions and matrix products in bfloat16 "
+        "(fast on CPUs with AVX512_BF16 or AMX, emulated and slower elsewhere); auto (the "
+        "default): bfloat16 where the CPU has AVX512_BF16 or AMX, float32 elsewhere",
+    )
 
 
 def add_collection_args(p: argparse.ArgumentParser) -> None:
     """--images_dir, --list, --captions, --from_shards and the shard flags."""
-    g = add_own_source_args(p, "your own images (instead of a dataset split)")
+    add_own_source_args(p, "your own images (instead of a dataset split)")
+    g = p.add_argument_group(
+        "shards (every source is embedded into them first; --resume, --shard_size and "
+        "--max_image_pixels apply to a dataset split too)"
+    )
     g.add_argument("--from_shards", type=Path, help="index shards made earlier (or elsewhere)")
     g.add_argument(
         "--shards_dir", type=Path, help="where the shards go (default: INDEX_DIR.shards)"
@@ -103,12 +142,3 @@ def collection_source(args: argparse.Namespace) -> dict[str, Any]:
     if args.list is not None:
         return {"kind": "list", "path": str(Path(args.list).absolute())}
     return {"kind": "captions", "path": str(Path(args.captions).absolute())}
-
-
-def shards_of(args: argparse.Namespace) -> Path:
-    """The shards directory of this run."""
-    if args.from_shards is not None:
-        return Path(args.from_shards)
-    if args.shards_dir is not None:
-        return Path(args.shards_dir)
-    return Path(f"{args.index_dir}.shards")
