@@ -75,7 +75,7 @@ stage_demo_data() {
         log "demo-data: $DATA_DIR is there, skipped"
         return
     fi
-    [ "$DATASET" = demo ] || die "no $DATASET data in $DATA_DIR: see README.md, 'Datasets'"
+    [ "$DATASET" = demo ] || die "no $DATASET data in $DATA_DIR: see docs/training.md, 'Datasets'"
     log "demo-data: writing the demo set to $DATA_DIR"
     "$PYTHON" -m training.demo_data --out "$DATA_DIR" --force \
         --train "${DEMO_TRAIN:-6000}" --val "${DEMO_VAL:-500}" --test "${DEMO_TEST:-1000}"
