@@ -15,6 +15,7 @@ lists every file with its size, so a truncated file is caught before FAISS reads
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 from index.faiss_index import (
@@ -39,6 +41,7 @@ from index.faiss_index import (
     exact_vectors,
     keeps_exact_vectors,
 )
+from index.records import image_table
 from vsepp.atomic import atomic_directory, old_prefix
 
 log = logging.getLogger(__name__)
@@ -545,6 +548,11 @@ class LoadedIndex:
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         self.images_by_alias = {a: r.image_id for r in image_records for a in r.aliases}
         self.image_records = image_records
+
+    @functools.cached_property
+    def image_table(self) -> pa.Table:
+        """The image records as columns, for filters (`index.records`)."""
+        return image_table(self.image_records)
 
     @property
     def model_hash(self) -> str:
