@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from typing import Any
 
@@ -478,3 +479,112 @@ def exact_vectors(index: faiss.Index) -> np.ndarray | None:
         finally:
             idx.set_direct_map_type(faiss.DirectMap.NoMap)  # type: ignore[attr-defined]
     return np.asarray(idx.reconstruct_n(0, n), dtype=np.float32)
+
+
+# A selection of at most this many rows is searched exactly: a product over the selected
+# vectors (reconstructed by the index) instead of the graph or the lists, which at a few
+# selected rows in many would find few of them (an HNSW walk mostly meets unselected nodes).
+EXACT_SELECTED_ROWS = 32_768
+_DIRECT_MAP = threading.Lock()
+_FAISS: Any = faiss  # the search-parameter classes have no type stubs
+
+
+def search_selected(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    mask: np.ndarray,
+    *,
+    stored: np.ndarray | None = None,
+    exact_rows: int = EXACT_SELECTED_ROWS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of `queries` (unit rows) among the rows where `mask` is True.
+
+    Few selected rows (<= `exact_rows`): exact scores over their vectors (`stored`, the
+    exact vectors when the index keeps only codes, or reconstructed: an IVF gets its id map
+    once). More: FAISS itself skips the other rows during the search (an `IDSelectorBitmap`
+    in the search parameters; never a wider search whose results are dropped), with efSearch
+    / nprobe raised by the inverse of the selected fraction so that the selected neighbours
+    are still reached. (scores [n, k], rows [n, k]) like `index.search`, padded with -1.
+    """
+    n = int(index.ntotal)
+    if mask.shape != (n,):
+        raise ValueError(f"selection of shape {mask.shape} for an index of {n} rows")
+    rows = np.flatnonzero(mask)
+    k = min(k, len(rows))
+    if k == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    if len(rows) <= exact_rows:
+        vectors = stored[rows] if stored is not None else _reconstructed(index, rows)
+        if vectors is not None:
+            return _exact_top(queries, np.asarray(vectors, np.float32), rows, k)
+    bits = np.packbits(mask, bitorder="little")
+    selector = faiss.IDSelectorBitmap(n, faiss.swig_ptr(bits))
+    # FAISS keeps raw pointers to the bitmap and the parameter objects: `alive` holds them
+    # until the search is done.
+    alive: list[Any] = [bits, selector]
+    # Twice the inverse fraction: the unselected rows cost a bitmap test each, not a score.
+    params = _selector_params(index, selector, 2 * n / len(rows), alive)
+    scores, found = index.search(queries, k, params=params)
+    del alive
+    return np.asarray(scores, np.float32), np.asarray(found, np.int64)
+
+
+def _exact_top(
+    queries: np.ndarray, vectors: np.ndarray, rows: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of each query over `vectors` (rows `rows` of the index), best first; ties
+    go to the lower row, as a flat index orders them."""
+    scores = queries @ vectors.T
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < len(rows) else None
+    if top is None:
+        top = np.broadcast_to(np.arange(len(rows)), scores.shape)
+    picked = np.take_along_axis(scores, top, axis=1)
+    order = np.lexsort((rows[top], -picked), axis=1)
+    best = np.take_along_axis(top, order, axis=1)
+    return np.take_along_axis(scores, best, axis=1).astype(np.float32), rows[best]
+
+
+def _reconstructed(index: faiss.Index, rows: np.ndarray) -> np.ndarray | None:
+    """The vectors of `rows` as the index holds them (exact, or decoded codes for an IVF
+    with SQ/PQ codes); None where the index cannot give them back."""
+    idx: Any = faiss.downcast_index(index)
+    if isinstance(idx, faiss.IndexRefine):
+        return _reconstructed(idx.refine_index, rows)
+    if isinstance(idx, faiss.IndexIVF):
+        with _DIRECT_MAP:
+            if idx.direct_map.no():
+                # Rows are added in order (ids 0..n-1), so the array map fits: 8 bytes a row,
+                # made once; searches do not read it.
+                idx.make_direct_map()
+    elif not isinstance(idx, faiss.IndexFlat | faiss.IndexHNSW):
+        return None
+    return np.asarray(idx.reconstruct_batch(rows.astype(np.int64)), np.float32)
+
+
+def _selector_params(
+    index: faiss.Index, selector: Any, widen: float, alive: list[Any]
+) -> faiss.SearchParameters:
+    """Search parameters that apply `selector`, with the index's own breadth widened by
+    `widen` (capped) so that a selected fraction of 1/widen is still searched well; every
+    object made is appended to `alive`."""
+    idx: Any = faiss.downcast_index(index)
+    params: Any
+    if isinstance(idx, faiss.IndexRefine):
+        base = _selector_params(idx.base_index, selector, widen, alive)
+        params = _FAISS.IndexRefineSearchParameters(k_factor=idx.k_factor, base_index_params=base)
+    elif isinstance(idx, faiss.IndexHNSW):
+        ef = math.ceil(idx.hnsw.efSearch * widen)
+        params = _FAISS.SearchParametersHNSW(sel=selector, efSearch=min(MAX_EF_SEARCH, ef))
+    elif isinstance(idx, faiss.IndexIVF):
+        nprobe = min(int(idx.nlist), math.ceil(idx.nprobe * widen))
+        params = _FAISS.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        quantizer: Any = faiss.downcast_index(idx.quantizer)
+        if isinstance(quantizer, faiss.IndexHNSW):
+            inner = _FAISS.SearchParametersHNSW(efSearch=quantizer_ef(nprobe))
+            alive.append(inner)
+            params.quantizer_params = inner
+    else:
+        params = _FAISS.SearchParameters(sel=selector)
+    alive.append(params)
+    return params

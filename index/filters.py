@@ -35,6 +35,7 @@ MAX_DEPTH = 8  # nesting of and / or / not
 MAX_LEAVES = 64  # comparisons in one condition
 MAX_IN_VALUES = 1000  # values of one `in`
 _ORDERED: tuple[Kind, ...] = ("int", "float", "timestamp", "string")
+_COMPARE = ("gt", "gte", "lt", "lte")
 _WANTED = {"string": "a string", "int": "an integer", "float": "a number",
            "bool": "true or false", "timestamp": "an ISO 8601 date or time"}  # fmt: skip
 
@@ -246,3 +247,53 @@ def kind_of(type_: pa.DataType) -> Kind | None:
     if pa.types.is_timestamp(type_):
         return "timestamp"
     return None
+
+
+def json_schema(ref: str) -> dict[str, Any]:
+    """The language as a JSON Schema whose nested conditions point at `ref` (where the
+    schema itself is kept, e.g. "#/components/schemas/Filter" in an OpenAPI document). What
+    a schema cannot say (which fields an index has, the kinds, the bounds on depth and
+    length) is in its description; `parse` enforces it."""
+    value = {"anyOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+    operand: dict[str, dict[str, Any]] = {
+        **{op: value for op in ("eq", "ne")},
+        **{op: {"anyOf": [{"type": "string"}, {"type": "number"}]} for op in _COMPARE},
+        "in": {"type": "array", "minItems": 1, "maxItems": MAX_IN_VALUES, "items": value},
+        "prefix": {"type": "string"},
+        "exists": {"type": "boolean"},
+    }
+    leaves = [
+        {
+            "type": "object",
+            "title": f"{op} comparison",
+            "properties": {"field": {"type": "string", "minLength": 1}, op: operand[op]},
+            "required": ["field", op],
+            "additionalProperties": False,
+        }
+        for op in OPERATORS
+    ]
+    nested = [
+        {
+            "type": "object",
+            "title": key,
+            "properties": {
+                key: {"$ref": ref}
+                if key == "not"
+                else {"type": "array", "minItems": 1, "items": {"$ref": ref}}
+            },
+            "required": [key],
+            "additionalProperties": False,
+        }
+        for key in COMBINATORS
+    ]
+    return {
+        "title": "Filter",
+        "description": 'A leaf {"field": NAME, OP: VALUE} with one OP of '
+        f"{', '.join(OPERATORS)}; and / or (lists) and not combine them. NAME is a built-in "
+        "field (folder, taken_at, taken_at_source, camera_make, camera_model, lat, lon, "
+        "width, height, image_id) or a column of the list the index was built from; the "
+        "value's type must be the field's (taken_at: ISO 8601, compared as instants). At "
+        f"most {MAX_DEPTH} levels and {MAX_LEAVES} comparisons. A field the index lacks, a "
+        "value of the wrong type or a malformed date is answered 400 naming the place.",
+        "oneOf": [*leaves, *nested],
+    }

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from index.filters import Condition, Field
+from index.records import filter_fields as record_fields
 from index.store import LoadedIndex
 from vsepp.model_dir import EncodersLike
 
@@ -64,25 +68,63 @@ def ranked(scores: np.ndarray, rows: np.ndarray) -> Ranked:
     return Ranked(scores[keep], rows[keep])
 
 
-def top_images(index: LoadedIndex, queries: np.ndarray, k: int) -> list[Ranked]:
-    """The k images nearest to each query vector (cosine), best first."""
-    return _top(index, "images", queries, k)
+def top_images(
+    index: LoadedIndex, queries: np.ndarray, k: int, where: np.ndarray | None = None
+) -> list[Ranked]:
+    """The k images nearest to each query vector (cosine), best first; with `where` (bool
+    per image, `image_mask`) among the images it selects only."""
+    return _top(index, "images", queries, k, where)
 
 
-def top_captions(index: LoadedIndex, queries: np.ndarray, k: int) -> list[Ranked]:
-    """The k captions nearest to each query vector (cosine), best first."""
-    return _top(index, "captions", queries, k)
+def top_captions(
+    index: LoadedIndex, queries: np.ndarray, k: int, where: np.ndarray | None = None
+) -> list[Ranked]:
+    """The k captions nearest to each query vector (cosine), best first; with `where` (bool
+    per caption, `caption_mask`) among the captions it selects only."""
+    return _top(index, "captions", queries, k, where)
 
 
-def _top(index: LoadedIndex, side: str, queries: np.ndarray, k: int) -> list[Ranked]:
+def _top(
+    index: LoadedIndex, side: str, queries: np.ndarray, k: int, where: np.ndarray | None
+) -> list[Ranked]:
     q = np.asarray(queries, dtype=np.float32)
     q = q.reshape(1, -1) if q.ndim == 1 else q
     count = len(index.image_ids) if side == "images" else len(index.captions)
+    if where is not None:
+        count = int(np.count_nonzero(where))
     if min(k, count) < 1:
         return [NOTHING] * len(q)
     search = index.search_images if side == "images" else index.search_captions
-    scores, rows = search(q, min(k, count))
+    scores, rows = search(q, min(k, count), where)
     return [ranked(s, r) for s, r in zip(scores, rows, strict=True)]
+
+
+def image_mask(index: LoadedIndex, condition: Condition) -> np.ndarray:
+    """bool per image: which images satisfy `condition` (`index.filters`)."""
+    return condition.mask(index.image_table)
+
+
+def caption_mask(index: LoadedIndex, images: np.ndarray) -> np.ndarray:
+    """bool per caption: the captions whose image is selected by `images` (a caption tied to
+    no image has no field values, so no filter selects it)."""
+    rows = index.caption_image_rows
+    return (rows >= 0) & images[np.maximum(rows, 0)]
+
+
+def by_capture_time(index: LoadedIndex, found: Ranked, *, newest_first: bool) -> Ranked:
+    """`found` (image rows) ordered by capture time, oldest or newest first; images without
+    one come last, and equal times keep their score order."""
+    taken = index.image_table.column("taken_at").take(pa.array(found.rows))
+    valid = taken.is_valid().to_numpy(zero_copy_only=False)
+    times = pc.fill_null(taken.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+    key = -times if newest_first else times
+    order = np.lexsort((np.arange(len(key)), key, ~valid))
+    return Ranked(found.scores[order], found.rows[order])
+
+
+def filter_fields(index: LoadedIndex) -> dict[str, Field]:
+    """The fields a filter may name on this index."""
+    return record_fields(index.image_table)
 
 
 def image_hits(index: LoadedIndex, found: Ranked, *, first_rank: int = 1) -> list[ImageHit]:

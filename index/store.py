@@ -40,6 +40,7 @@ from index.faiss_index import (
     apply_search_params,
     exact_vectors,
     keeps_exact_vectors,
+    search_selected,
 )
 from index.records import image_table
 from vsepp.atomic import atomic_directory, old_prefix
@@ -567,7 +568,12 @@ class LoadedIndex:
         )
 
     def _search(
-        self, index: faiss.Index, queries: np.ndarray, k: int, side: str
+        self,
+        index: faiss.Index,
+        queries: np.ndarray,
+        k: int,
+        side: str,
+        where: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
@@ -586,18 +592,27 @@ class LoadedIndex:
         q = np.ascontiguousarray(q / np.where(norms > 0, norms, 1.0), dtype=np.float32)
         if k == 0 or len(q) == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        if where is not None:
+            name = self.manifest[side].get("vectors_file")
+            stored = None if not name else np.load(self.index_dir / name, mmap_mode="r")
+            return search_selected(index, q, k, np.asarray(where, bool), stored=stored)
         scores, rows = index.search(q, k)
         return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
 
-    def search_images(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_images(
+        self, queries: np.ndarray, k: int, where: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k images per query: (scores float32 [n, k'], rows int64 [n, k']), best first,
         k' = min(k, number of images): FAISS's own answer, so an approximate index that
-        found fewer pads with row -1 (`index.search.ranked` drops it)."""
-        return self._search(self.image_index, queries, k, "images")
+        found fewer pads with row -1 (`index.search.ranked` drops it). With `where` (bool
+        per image) only the images it selects are searched (`faiss_index.search_selected`)."""
+        return self._search(self.image_index, queries, k, "images", where)
 
-    def search_captions(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k captions per query, as `search_images`."""
-        return self._search(self.caption_index, queries, k, "captions")
+    def search_captions(
+        self, queries: np.ndarray, k: int, where: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k captions per query, as `search_images` (`where`: bool per caption)."""
+        return self._search(self.caption_index, queries, k, "captions", where)
 
     def image_row(self, image_id: str) -> int | None:
         """Row of `image_id`, None if it is not indexed."""

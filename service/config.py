@@ -28,6 +28,9 @@ class Settings(BaseSettings):
 
     # Largest k a client may ask for (a request without k gets 10, or max_k if smaller).
     max_k: int = Field(default=100, ge=1)
+    # Candidates a search with min_score or a sort by date takes, best first by score, before
+    # the cut-off, the order and the page (k, offset) are applied to them.
+    sort_pool: int = Field(default=1000, ge=1)
     # Longest text query in characters (captions are a sentence; this is generous).
     max_query_chars: int = Field(default=1000, ge=1)
     # Most texts in one POST /embed/text.

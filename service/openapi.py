@@ -14,9 +14,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from index.filters import json_schema as filter_schema
 from service.config import Settings
 from service.imaging import SUPPORTED_CONTENT_TYPES
-from service.schemas import DEFAULT_K
+from service.schemas import DEFAULT_K, FILTER_REF
 
 
 @cache
@@ -104,7 +105,8 @@ def _what(path: str) -> str:
 def apply_limits(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """`doc` (FastAPI's OpenAPI dict) completed in place with the enforced limits and the
     error answers every operation can give."""
-    schemas = doc.get("components", {}).get("schemas", {})
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Filter"] = filter_schema(FILTER_REF["$ref"])
     for path, operations in doc.get("paths", {}).items():
         for method, op in operations.items():
             what = _what(path)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 DEFAULT_K = 10
 
@@ -15,12 +15,51 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="What was wrong, in words.")
 
 
-class TextSearchRequest(BaseModel):
-    """A sentence to find images for."""
+FILTER_REF = {"$ref": "#/components/schemas/Filter"}
+FilterField = Annotated[
+    dict[str, Any] | None,
+    WithJsonSchema({"anyOf": [FILTER_REF, {"type": "null"}]}),
+    Field(
+        default=None,
+        description="A condition on the images' fields (the Filter schema; docs/service.md): "
+        'e.g. {"and": [{"field": "folder", "prefix": "holiday"}, '
+        '{"field": "taken_at", "gte": "2023-01-01"}]}. Only images that satisfy it are '
+        "searched; a caption search keeps the captions of such images.",
+    ),
+]
+Sort = Literal["score", "taken_at", "-taken_at"]
+
+
+class SearchOptions(BaseModel):
+    """What narrows and orders a search, besides k and offset."""
 
     # Strict: "5" or true for k is not an integer, as the schema says (no silent coercion).
+    # Forbid: a misspelt option must never silently widen a search (422 naming it).
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    filter: FilterField
+    min_score: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="A relevance cut-off: results with a lower cosine score are dropped; "
+        "the response's `passed` says how many of the candidates reached it.",
+    )
+    sort: Sort = Field(
+        default="score",
+        description="score (best first, the default), taken_at (oldest first) or -taken_at "
+        "(newest first): the order of the candidates that pass the cut-off (the best "
+        "VSEPP_SORT_POOL by score), over which offset pages.",
+    )
+
+
+class TextSearchRequest(SearchOptions):
+    """A sentence to find images for."""
+
     model_config = ConfigDict(
-        strict=True, json_schema_extra={"examples": [{"query": "a dog runs", "k": 10}]}
+        strict=True,
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "a dog runs", "k": 10}]},
     )
 
     query: str = Field(min_length=1, description="The sentence; at most VSEPP_MAX_QUERY_CHARS.")
@@ -52,9 +91,30 @@ class ImageResult(BaseModel):
     meta: dict[str, Any] | None = Field(
         default=None, description="The image's other columns in the list it was indexed from."
     )
+    folder: str = Field(default="", description='The id\'s directory ("" at the top).')
+    taken_at: str | None = Field(
+        default=None, description="When it was taken (ISO 8601, UTC), if known."
+    )
+    taken_at_source: Literal["exif", "mtime"] | None = Field(
+        default=None, description="Where taken_at comes from: the EXIF date or the file's time."
+    )
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lat: float | None = Field(default=None, description="GPS latitude (EXIF), if present.")
+    lon: float | None = Field(default=None, description="GPS longitude (EXIF), if present.")
 
 
-class TextSearchResponse(BaseModel):
+class Page(BaseModel):
+    """What a filtered, cut-off or re-ordered search says besides its results."""
+
+    passed: int | None = Field(
+        default=None,
+        description="With min_score: how many candidates reached it (the page is cut from them).",
+    )
+    message: str | None = Field(default=None, description="Why results are empty, if they are.")
+
+
+class TextSearchResponse(Page):
     """Images for a sentence, best first."""
 
     results: list[ImageResult]
@@ -63,7 +123,6 @@ class TextSearchResponse(BaseModel):
     no_known_words: bool = Field(
         description="True when none of the query's words is known: results are then empty."
     )
-    message: str | None = Field(default=None, description="Why results are empty, if they are.")
 
 
 class CaptionResult(BaseModel):
@@ -80,7 +139,7 @@ class CaptionResult(BaseModel):
     image_url: str | None
 
 
-class ImageSearchResponse(BaseModel):
+class ImageSearchResponse(Page):
     """Captions for an image, best first."""
 
     results: list[CaptionResult]
@@ -89,7 +148,7 @@ class ImageSearchResponse(BaseModel):
     height: int | None = Field(default=None, description="Decoded height of an upload.")
 
 
-class ImageToImageResponse(BaseModel):
+class ImageToImageResponse(Page):
     """Indexed images nearest to an indexed image, best first (the image itself first)."""
 
     results: list[ImageResult]
@@ -99,7 +158,7 @@ class ImageToImageResponse(BaseModel):
 class EmbedTextRequest(BaseModel):
     """Sentences to embed."""
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, extra="forbid")
     texts: list[str] = Field(min_length=1, description="At most VSEPP_MAX_EMBED_TEXTS.")
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from index import LoadedIndex
-from index.search import Ranked, top_captions, top_images
+from index.filters import Condition
+from index.search import Ranked, caption_mask, image_mask, top_captions, top_images
 from service.imaging import canonical_upload, rejected
 from service.metrics import Metrics
 from vsepp.images import CanonicalImage, ImageFileError
@@ -24,6 +25,15 @@ class TextQuery:
     text: str
     k: int
     engine: SearchEngine
+    where: Condition | None = None  # parsed against this engine's index
+
+
+@dataclass(frozen=True)
+class Hits:
+    """What a search found; `selected`: how many rows its filter kept (None: no filter)."""
+
+    ranked: Ranked
+    selected: int | None = None
 
 
 def search_text_batch(queries: list[TextQuery]) -> list[TextHits]:
@@ -42,11 +52,10 @@ def search_text_batch(queries: list[TextQuery]) -> list[TextHits]:
 
 
 @dataclass(frozen=True)
-class TextHits:
+class TextHits(Hits):
     """What a text query found, and how many of its words the model knows."""
 
-    known_words: int
-    ranked: Ranked
+    known_words: int = 0
 
 
 class SearchEngine:
@@ -67,13 +76,20 @@ class SearchEngine:
             vectors, known = self.encoders.encode_texts([q.text for q in queries])
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         known = np.asarray(known).reshape(-1)
-        k_max = max(q.k for q in queries)
-        with self.metrics.stage("search", "text"):
-            found = top_images(self.index, vectors, k_max)
-        return [
-            TextHits(int(known[i]), Ranked(f.scores[: q.k], f.rows[: q.k]))
-            for i, (q, f) in enumerate(zip(queries, found, strict=True))
-        ]
+        out: list[TextHits | None] = [None] * len(queries)
+        plain = [i for i, q in enumerate(queries) if q.where is None]
+        if plain:
+            k_max = max(queries[i].k for i in plain)
+            with self.metrics.stage("search", "text"):
+                found = top_images(self.index, vectors[plain], k_max)
+            for i, f in zip(plain, found, strict=True):
+                ranked = Ranked(f.scores[: queries[i].k], f.rows[: queries[i].k])
+                out[i] = TextHits(ranked, None, int(known[i]))
+        for i, q in enumerate(queries):
+            if q.where is not None:
+                hits = self.search_images(vectors[i], q.k, q.where, "text")
+                out[i] = TextHits(hits.ranked, hits.selected, int(known[i]))
+        return [h for h in out if h is not None]
 
     def embed_texts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """(vectors float32 [n, D], known-word counts [n]) of `texts`."""
@@ -114,12 +130,20 @@ class SearchEngine:
             vectors = self.encoders.encode_image_bytes([data])
         return np.asarray(vectors, dtype=np.float32).reshape(-1)
 
-    def search_captions(self, vector: np.ndarray, k: int) -> Ranked:
-        """The k captions nearest to one vector."""
+    def search_captions(self, vector: np.ndarray, k: int, where: Condition | None = None) -> Hits:
+        """The k captions nearest to one vector, among those of the images `where` keeps."""
         with self.metrics.stage("search", "image"):
-            return top_captions(self.index, vector, k)[0]
+            if where is None:
+                return Hits(top_captions(self.index, vector, k)[0])
+            mask = caption_mask(self.index, image_mask(self.index, where))
+            return Hits(top_captions(self.index, vector, k, mask)[0], int(mask.sum()))
 
-    def search_images(self, vector: np.ndarray, k: int) -> Ranked:
-        """The k images nearest to one vector."""
-        with self.metrics.stage("search", "image"):
-            return top_images(self.index, vector, k)[0]
+    def search_images(
+        self, vector: np.ndarray, k: int, where: Condition | None = None, kind: str = "image"
+    ) -> Hits:
+        """The k images nearest to one vector, among those `where` keeps."""
+        with self.metrics.stage("search", kind):
+            if where is None:
+                return Hits(top_images(self.index, vector, k)[0])
+            mask = image_mask(self.index, where)
+            return Hits(top_images(self.index, vector, k, mask)[0], int(mask.sum()))

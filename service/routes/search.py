@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 
-from index.search import Ranked
+from index.filters import Condition, FilterError, parse
+from index.search import Ranked, by_capture_time, filter_fields
+from service.config import Settings
 from service.deps import BackendDep, SettingsDep, StateDep
 from service.imaging import ImageRejected
 from service.responses import fast_json
@@ -26,15 +30,28 @@ from service.schemas import (
     ErrorResponse,
     ImageSearchResponse,
     ImageToImageResponse,
+    Sort,
     TextSearchRequest,
     TextSearchResponse,
 )
-from service.search import TextQuery
+from service.search import Hits, TextQuery
 from service.state import Backend
 from service.uploads import read_upload
 from vsepp.images import CanonicalImage
 
 router = APIRouter(prefix="/search", tags=["search"], route_class=ServiceRoute)
+
+NOTHING_SELECTED = "the filter selects no image of the index, so there is nothing to search"
+FILTER_TEXT = (
+    "A condition on the images' fields as URL-encoded JSON (the Filter schema), e.g. "
+    '{"field": "folder", "eq": "holiday"}.'
+)
+MIN_SCORE = "Drop results whose cosine score is lower (a relevance cut-off)."
+FilterQuery = Annotated[str | None, Query(description=FILTER_TEXT)]
+MinScoreQuery = Annotated[float | None, Query(ge=-1.0, le=1.0, description=MIN_SCORE)]
+SortQuery = Annotated[
+    Sort, Query(description="score (default), taken_at (oldest first) or -taken_at.")
+]
 
 NO_KNOWN_WORDS = (
     "none of the words of the query are in the model's vocabulary, so there is nothing to "
@@ -58,10 +75,86 @@ def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
 
+@dataclass(frozen=True)
+class Narrowing:
+    """A request's filter (parsed against the index it will search), cut-off and order."""
+
+    where: Condition | None = None
+    min_score: float | None = None
+    sort: Sort = "score"
+
+    def pool(self, k: int, offset: int, settings: Settings) -> int:
+        """How many candidates to search for: the page, or the pool a cut-off or a sort by
+        date works on."""
+        if self.min_score is None and self.sort == "score":
+            return k + offset
+        return max(k + offset, settings.sort_pool)
+
+
+def narrowing(
+    backend: Backend,
+    where: dict[str, Any] | None,
+    min_score: float | None = None,
+    sort: Sort = "score",
+) -> Narrowing:
+    """The request's options, or 400 naming what is wrong in its filter."""
+    if where is None:
+        return Narrowing(None, min_score, sort)
+    try:
+        condition = parse(where, filter_fields(backend.index))
+    except FilterError as exc:
+        raise HTTPException(400, str(exc)) from exc
+    if sort != "score" and "taken_at" not in backend.index.image_table.column_names:
+        raise HTTPException(400, f"sort: {sort}: this index has no capture times (taken_at)")
+    return Narrowing(condition, min_score, sort)
+
+
+def filter_param(text: str | None) -> dict[str, Any] | None:
+    """The `filter` of a GET form: URL-encoded JSON text, or 400."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HTTPException(400, f"filter: not JSON ({exc.msg} at character {exc.pos})") from exc
+    if not isinstance(value, dict):
+        raise HTTPException(400, "filter: expected a JSON object")
+    return value
+
+
+def _page(
+    backend: Backend, hits: Hits, narrow: Narrowing, k: int, offset: int
+) -> tuple[Ranked, int | None, str | None]:
+    """The page of `hits` a request asked for: (ranked, passed, message)."""
+    ranked, passed = hits.ranked, None
+    if narrow.min_score is not None:
+        keep = ranked.scores >= narrow.min_score
+        ranked = Ranked(ranked.scores[keep], ranked.rows[keep])
+        passed = len(ranked.rows)
+    if narrow.sort != "score" and len(ranked.rows):
+        ranked = by_capture_time(backend.index, ranked, newest_first=narrow.sort == "-taken_at")
+    page = ranked.after(offset)
+    page = Ranked(page.scores[:k], page.rows[:k])
+    message = None
+    if hits.selected == 0:
+        message = NOTHING_SELECTED
+    elif passed == 0:
+        message = f"no result reached min_score {narrow.min_score}"
+    return page, passed, message
+
+
 async def _text_search(
-    request: Request, backend: Backend, query: str, k: int, start: float, offset: int = 0
+    request: Request,
+    backend: Backend,
+    settings: Settings,
+    query: str,
+    k: int,
+    start: float,
+    offset: int,
+    narrow: Narrowing,
 ) -> Response:
-    hits = await backend.text_batcher.submit(TextQuery(query, k + offset, backend.engine))
+    pool = narrow.pool(k, offset, settings)
+    hits = await backend.text_batcher.submit(TextQuery(query, pool, backend.engine, narrow.where))
     if hits.known_words <= 0:
         return fast_json(
             TextSearchResponse(
@@ -72,12 +165,15 @@ async def _text_search(
                 message=NO_KNOWN_WORDS,
             )
         )
+    page, passed, message = _page(backend, hits, narrow, k, offset)
     return fast_json(
         TextSearchResponse(
-            results=image_results(request, backend, hits.ranked.after(offset), offset),
+            results=image_results(request, backend, page, offset),
             took_ms=_ms(start),
             known_words=hits.known_words,
             no_known_words=False,
+            passed=passed,
+            message=message,
         )
     )
 
@@ -91,7 +187,8 @@ async def search_text(
     k = resolve_k(body.k if "k" in body.model_fields_set else None, settings, ("body", "k"))
     offset = resolve_offset(body.offset, settings, ("body", "offset"))
     query = check_text(body.query, settings, ("body", "query"), "query")
-    return await _text_search(request, backend, query, k, start, offset)
+    narrow = narrowing(backend, body.filter, body.min_score, body.sort)
+    return await _text_search(request, backend, settings, query, k, start, offset, narrow)
 
 
 @router.get("/text", response_model=TextSearchResponse, responses=_errors(503))
@@ -102,13 +199,17 @@ async def search_text_get(
     q: Annotated[str, Query(min_length=1, description="The sentence.")],
     k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
     offset: Annotated[int, Query(ge=0, description="Results to skip (paging).")] = 0,
+    filter: FilterQuery = None,
+    min_score: MinScoreQuery = None,
+    sort: SortQuery = "score",
 ) -> Response:
     """The same search as POST /search/text, as a link: /search/text?q=a+dog&k=10."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
     skip = resolve_offset(offset, settings, ("query", "offset"))
     query = check_text(q, settings, ("query", "q"), "query")
-    return await _text_search(request, backend, query, k_used, start, skip)
+    narrow = narrowing(backend, filter_param(filter), min_score, sort)
+    return await _text_search(request, backend, settings, query, k_used, start, skip, narrow)
 
 
 @router.post(
@@ -123,28 +224,35 @@ async def search_image(
     state: StateDep,
     file: Annotated[UploadFile, File(description="The image (JPEG, PNG, GIF, TIFF, WebP, BMP).")],
     k: Annotated[int | None, Form(ge=1, description="How many captions (default 10).")] = None,
+    filter: Annotated[str | None, Form(description=FILTER_TEXT)] = None,
+    min_score: Annotated[float | None, Form(ge=-1.0, le=1.0, description=MIN_SCORE)] = None,
 ) -> Response:
     """Captions for an uploaded image, best first (cosine similarity)."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("body", "k"))
     require_captions(backend)
+    narrow = narrowing(backend, filter_param(filter), min_score)
     data = await read_upload(file, settings.max_upload_bytes)
     engine = backend.engine
+    pool = narrow.pool(k_used, 0, settings)
 
-    def work() -> tuple[Ranked, CanonicalImage]:
+    def work() -> tuple[Hits, CanonicalImage]:
         image = engine.decode(data, settings.max_image_pixels)
-        return engine.search_captions(engine.embed_image(image.data), k_used), image
+        return engine.search_captions(engine.embed_image(image.data), pool, narrow.where), image
 
     try:
-        ranked, image = await anyio.to_thread.run_sync(work, limiter=state.image_limiter())
+        hits, image = await anyio.to_thread.run_sync(work, limiter=state.image_limiter())
     except ImageRejected as exc:
         raise HTTPException(exc.status_code, exc.detail) from exc
+    page, passed, message = _page(backend, hits, narrow, k_used, 0)
     return fast_json(
         ImageSearchResponse(
-            results=caption_results(request, backend, ranked),
+            results=caption_results(request, backend, page),
             took_ms=_ms(start),
             height=image.height,
             width=image.width,
+            passed=passed,
+            message=message,
         )
     )
 
@@ -177,16 +285,25 @@ async def search_indexed_image_captions(
     state: StateDep,
     image_id: Annotated[str, Query(min_length=1, description="An image_id of the index.")],
     k: Annotated[int | None, Query(ge=1, description="How many captions (default 10).")] = None,
+    filter: FilterQuery = None,
+    min_score: MinScoreQuery = None,
 ) -> ImageSearchResponse:
     """Captions for an image of the index (what clicking a result on the page does)."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
     require_captions(backend)
+    narrow = narrowing(backend, filter_param(filter), min_score)
     row = _row_of(backend, image_id)
     vector = await _indexed_image_vector(backend, state, row)
-    ranked = await anyio.to_thread.run_sync(backend.engine.search_captions, vector, k_used)
+    hits = await anyio.to_thread.run_sync(
+        backend.engine.search_captions, vector, narrow.pool(k_used, 0, settings), narrow.where
+    )
+    page, passed, message = _page(backend, hits, narrow, k_used, 0)
     return ImageSearchResponse(
-        results=caption_results(request, backend, ranked), took_ms=_ms(start)
+        results=caption_results(request, backend, page),
+        took_ms=_ms(start),
+        passed=passed,
+        message=message,
     )
 
 
@@ -203,14 +320,24 @@ async def search_indexed_image_images(
     image_id: Annotated[str, Query(min_length=1, description="An image_id of the index.")],
     k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
     offset: Annotated[int, Query(ge=0, description="Results to skip (paging).")] = 0,
+    filter: FilterQuery = None,
+    min_score: MinScoreQuery = None,
+    sort: SortQuery = "score",
 ) -> ImageToImageResponse:
     """Images of the index nearest to one of its images."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
     skip = resolve_offset(offset, settings, ("query", "offset"))
+    narrow = narrowing(backend, filter_param(filter), min_score, sort)
     row = _row_of(backend, image_id)
     vector = await _indexed_image_vector(backend, state, row)
-    ranked = await anyio.to_thread.run_sync(backend.engine.search_images, vector, k_used + skip)
+    hits = await anyio.to_thread.run_sync(
+        backend.engine.search_images, vector, narrow.pool(k_used, skip, settings), narrow.where
+    )
+    page, passed, message = _page(backend, hits, narrow, k_used, skip)
     return ImageToImageResponse(
-        results=image_results(request, backend, ranked.after(skip), skip), took_ms=_ms(start)
+        results=image_results(request, backend, page, skip),
+        took_ms=_ms(start),
+        passed=passed,
+        message=message,
     )
