@@ -24,7 +24,7 @@ from service.config import Settings
 from service.imaging import configure_pil
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, ObservabilityMiddleware
-from service.routes import admin, embed, health, images, page, search, thumbs
+from service.routes import admin, embed, fields, health, images, page, search, thumbs
 from service.routes.page import page_html
 from service.state import ServiceState
 from vsepp.model_dir import EncodersLike
@@ -115,7 +115,9 @@ def create_app(
     )
     app.state.vsepp = state
 
-    routers = [module.router for module in (health, search, images, thumbs, embed, admin, page)]
+    routers = [
+        module.router for module in (health, search, fields, images, thumbs, embed, admin, page)
+    ]
     for router in routers:
         app.include_router(router)
 

@@ -235,3 +235,28 @@ class NotReadyResponse(BaseModel):
 
     status: Literal["loading", "error"]
     detail: str
+
+
+class FieldFacts(BaseModel):
+    """A field a filter may name."""
+
+    name: str
+    kind: Literal["string", "int", "float", "bool", "timestamp"]
+    min: float | int | str | None = Field(
+        default=None, description="Smallest value (numbers; timestamps as ISO 8601)."
+    )
+    max: float | int | str | None = Field(default=None, description="Largest value.")
+    missing: int = Field(description="Images without a value.")
+
+
+class FolderCount(BaseModel):
+    folder: str = Field(description='A folder of image ids ("" at the top).')
+    images: int
+
+
+class FieldsResponse(BaseModel):
+    """What a filter can name on the served index."""
+
+    fields: list[FieldFacts]
+    folders: list[FolderCount] = Field(description="Folders, the most images first.")
+    more_folders: int = Field(description="Folders not listed (beyond the first 1000).")

@@ -400,3 +400,20 @@ def test_fields_name_what_the_index_has() -> None:
     fields = filter_fields(pa.table({"folder": pa.array(["a"]), "meta.folder": pa.array([1])}))
     assert fields["folder"] == Field("folder", "string", "folder")  # the built-in wins
     assert fields["meta.folder"].kind == "int"
+
+
+def test_fields_lists_what_a_filter_can_name(served: tuple[str, Path]) -> None:
+    base, _ = served
+    got = httpx.get(f"{base}/fields", timeout=30).json()
+    kinds = {f["name"]: f["kind"] for f in got["fields"]}
+    assert kinds["folder"] == "string" and kinds["rating"] == "int"
+    assert kinds["starred"] == "bool" and kinds["kind"] == "string"
+    assert "meta.rating" not in kinds  # one name for one column
+    rating = next(f for f in got["fields"] if f["name"] == "rating")
+    assert (rating["min"], rating["max"], rating["missing"]) == (0, 4, 0)
+    assert {(f["folder"], f["images"]) for f in got["folders"]} == {
+        ("", 20),
+        ("holiday", 20),
+        ("holiday/beach", 20),
+        ("work", 20),
+    }
