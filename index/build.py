@@ -45,6 +45,7 @@ from index.builder import (
     SplitSource,
     build,
 )
+from index.duplicates import DEFAULT_THRESHOLD
 from index.faiss_index import DEFAULT_PARAMS, INDEX_TYPES
 from vsepp.cli import add_log_level, add_model_dir, at_least_one, program, setup_logging
 from vsepp.datasets.args import add_dataset_args, add_split_args, load_split_from_args
@@ -74,6 +75,19 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _cosine_or_off(text: str) -> float | None:
+    """A --near_duplicates value: a cosine in (0, 1], or off."""
+    if text == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a cosine in (0, 1] or off") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value}: a cosine threshold must be in (0, 1]")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -117,6 +131,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_precision(p)
     add_copy_images(
         p, help="copy the image files into OUT/images (the service serves them from there)"
+    )
+    p.add_argument(
+        "--near_duplicates",
+        type=_cosine_or_off,
+        default=DEFAULT_THRESHOLD,
+        metavar="COSINE",
+        help="images whose vectors are at least this close form a near-duplicate group, "
+        "shown once by a search with collapse (a burst, an edited copy); 'off': no groups "
+        f"(default {DEFAULT_THRESHOLD})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of k-means, HNSW and recall")
     p.add_argument(
@@ -196,6 +219,7 @@ def options_of(args: argparse.Namespace) -> BuildOptions:
         resume=args.resume,
         keep_shards=args.keep_shards,
         max_pixels=args.max_image_pixels,
+        near_duplicates=args.near_duplicates,
     )
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from index.duplicates import DEFAULT_THRESHOLD, find_groups
+from index.duplicates import facts as duplicate_facts
 from index.faiss_index import build_index, measure_recall, normalize
 from index.shards import (
     SHARD_SIZE,
@@ -132,6 +134,9 @@ class BuildOptions:
     resume: bool = False  # go on from the complete shards of a killed run
     keep_shards: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # Images whose vectors are at least this close (cosine) form near-duplicate groups
+    # (`index.duplicates`); None: no grouping.
+    near_duplicates: float | None = DEFAULT_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -280,7 +285,18 @@ def index_shards(
             source={**meta["source"], **(source or {}), "duplicates": got.duplicates},
             skipped_images=got.skipped,
             extra=extra,
+            near_duplicates=_near_duplicates(parts, sources, options.near_duplicates),
         )
+
+
+def _near_duplicates(
+    parts: Mapping[str, IndexPart], sources: Mapping[str, VectorSource], threshold: float | None
+) -> tuple[np.ndarray, float] | None:
+    """The images' near-duplicate groups, found with their built index, and the threshold."""
+    if threshold is None:
+        return None
+    labels = find_groups(parts["images"].index, sources["images"].chunks(), threshold)
+    return labels, threshold
 
 
 def build_index_dir(
@@ -297,10 +313,12 @@ def build_index_dir(
     source: dict[str, Any] | None = None,
     skipped_images: Sequence[dict[str, Any]] = (),
     extra: dict[str, Any] | None = None,
+    near_duplicates: float | None = None,
 ) -> dict[str, Any]:
     """Steps 2 and 3 on vectors in memory: both indexes by `policy` (default: auto), and the
     index directory `out` written atomically. Images with a `file` are copied into
-    `out`/images/. Returns the manifest."""
+    `out`/images/; `near_duplicates` (a cosine) groups the images as a build does. Returns
+    the manifest."""
     if not images:
         raise ValueError("no images to index")
     check_counts(image_vectors, images, "images")
@@ -316,7 +334,9 @@ def build_index_dir(
                                                       seed=seed,
                                                       recall_queries=recall_queries)  # fmt: skip
         return write_parts(out, parts, images, captions, model_hash=model_hash, source=source,
-                           skipped_images=skipped_images, extra=extra)  # fmt: skip
+                           skipped_images=skipped_images, extra=extra,
+                           near_duplicates=_near_duplicates(parts, sources,
+                                                            near_duplicates))  # fmt: skip
 
 
 def write_parts(
@@ -329,10 +349,11 @@ def write_parts(
     source: dict[str, Any] | None,
     skipped_images: Sequence[dict[str, Any]] = (),
     extra: dict[str, Any] | None = None,
+    near_duplicates: tuple[np.ndarray, float] | None = None,
 ) -> dict[str, Any]:
     """Write the index directory `out` from built parts and the records they index (rows in
     `images`' order, captions pointing at their image's row). Ids must be unique, and those
-    of copied files safe as relative paths."""
+    of copied files safe as relative paths. `near_duplicates`: (groups, threshold)."""
     row_of: dict[str, int] = {}
     for row, im in enumerate(images):
         if im.image_id in row_of:
@@ -350,7 +371,10 @@ def write_parts(
         image_files={im.image_id: im.file for im in images if im.file is not None},
         source=source,
         skipped_images=skipped_images,
-        extra=extra,
+        extra=extra
+        if near_duplicates is None
+        else {**(extra or {}), "near_duplicates": duplicate_facts(*near_duplicates)},
+        duplicates=None if near_duplicates is None else near_duplicates[0],
     )
 
 

@@ -111,6 +111,23 @@ def caption_mask(index: LoadedIndex, images: np.ndarray) -> np.ndarray:
     return (rows >= 0) & images[np.maximum(rows, 0)]
 
 
+def collapsed(index: LoadedIndex, found: Ranked) -> tuple[Ranked, dict[int, list[int]]]:
+    """`found` (image rows, best first) with each near-duplicate group kept once, by its
+    best-scoring member, and for each kept row the other rows of its group."""
+    groups = index.duplicate_groups
+    if groups is None:
+        return found, {int(r): [] for r in found.rows}
+    labels = np.asarray(groups)[found.rows]
+    keys = np.where(labels >= 0, labels, -1 - found.rows)  # an image alone is its own key
+    _, first = np.unique(keys, return_index=True)
+    keep = np.sort(first)
+    rows = found.rows[keep]
+    others = {}
+    for row, label in zip(rows.tolist(), labels[keep].tolist(), strict=True):
+        others[row] = [] if label < 0 else [r for r in index.group_of(row) if r != row]
+    return Ranked(found.scores[keep], rows), others
+
+
 def by_capture_time(index: LoadedIndex, found: Ranked, *, newest_first: bool) -> Ranked:
     """`found` (image rows) ordered by capture time, oldest or newest first; images without
     one come last, and equal times keep their score order."""

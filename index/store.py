@@ -53,6 +53,8 @@ INDEX_FILES = {"images": "images.faiss", "captions": "captions.faiss"}
 IVFDATA_FILES = {"images": "images.ivfdata", "captions": "captions.ivfdata"}
 META_FILES = {"images": "images.json", "captions": "captions.json"}
 VECTOR_FILES = {"images": "images.npy", "captions": "captions.npy"}
+# The near-duplicate group of each image (int64, the group's first row; -1: none).
+DUPLICATES_FILE = "duplicates.npy"
 IMAGES_DIR = "images"
 SIDES = ("images", "captions")
 _LOAD_ATTEMPTS = 3  # re-reads when a writer swapped the directory while we were loading
@@ -244,8 +246,12 @@ def write_index_dir(
     skipped_images: Sequence[dict[str, Any]] = (),
     extra: dict[str, Any] | None = None,
     locked: bool = False,
+    duplicates: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write a complete index directory at `target`, atomically; return its manifest.
+
+    `duplicates`: the near-duplicate group of each image (`index.duplicates`), kept as
+    duplicates.npy.
 
     `image_files` maps image_id -> a file to copy into images/; records whose file is not
     given there are hard-linked from `previous_dir`/images/ (the directory being replaced,
@@ -311,6 +317,12 @@ def write_index_dir(
                 for r in caption_records
             ),
         )
+        if duplicates is not None:
+            if np.shape(duplicates) != (len(image_records),):
+                raise ValueError(
+                    f"duplicates: shape {np.shape(duplicates)} for {len(image_records)} images"
+                )
+            np.save(tmp / DUPLICATES_FILE, np.asarray(duplicates, np.int64))
         (tmp / IMAGES_DIR).mkdir()
         for r in tqdm(image_records, desc="image files", unit="img", disable=None):
             if r.path is None:
@@ -549,6 +561,34 @@ class LoadedIndex:
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         self.images_by_alias = {a: r.image_id for r in image_records for a in r.aliases}
         self.image_records = image_records
+
+    @functools.cached_property
+    def duplicate_groups(self) -> np.ndarray | None:
+        """int64 per image: its near-duplicate group (the group's first row), -1 for an
+        image in none; None for an index built without grouping."""
+        if DUPLICATES_FILE not in self.manifest.get("files", {}):
+            return None
+        return np.load(self.index_dir / DUPLICATES_FILE, mmap_mode="r", allow_pickle=False)
+
+    @functools.cached_property
+    def _group_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows sorted by group, their groups), made once, for `group_of`."""
+        groups = self.duplicate_groups
+        if groups is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        order = np.argsort(groups, kind="stable")
+        return order, np.asarray(groups)[order]
+
+    def group_of(self, row: int) -> list[int]:
+        """The rows of the near-duplicate group of image `row` (itself included), in row
+        order; [row] for an image in no group."""
+        groups = self.duplicate_groups
+        if groups is None or groups[row] < 0:
+            return [row]
+        order, labels = self._group_order
+        label = groups[row]
+        lo, hi = np.searchsorted(labels, [label, label + 1])
+        return sorted(int(r) for r in order[lo:hi])
 
     @functools.cached_property
     def image_table(self) -> pa.Table:

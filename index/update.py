@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from index.builder import (
@@ -31,6 +32,8 @@ from index.builder import (
     empty_vectors,
     side_facts,
 )
+from index.duplicates import facts as duplicate_facts
+from index.duplicates import kept_pairs, label_groups, near_pairs
 from index.faiss_index import normalize
 from index.store import (
     SIDES,
@@ -131,6 +134,7 @@ def add_to_index(
                 facts = side_facts(index, facts, vectors, recall_queries=queries, seed=seed)
             parts[side] = IndexPart(index, facts, vectors=vectors)
 
+        groups = _regrouped(old, parts["images"].index, new["images"])
         row_of = {image_id: row for row, image_id in enumerate(old.image_ids)}
         row_of.update({im.image_id: len(old.image_ids) + i for i, im in enumerate(images)})
         image_records = [*old.image_records, *(im.record() for im in images)]
@@ -156,9 +160,31 @@ def add_to_index(
             previous_dir=index_dir,
             source=manifest.get("source"),
             skipped_images=[*manifest.get("skipped_images", []), *skipped_images],
-            extra={k: v for k, v in manifest.items() if k in ("model",)} | {"updates": history},
+            extra=_kept_facts(manifest, groups) | {"updates": history},
             locked=True,
+            duplicates=groups,
         )
+
+
+def _regrouped(old: LoadedIndex, index: faiss.Index, added: np.ndarray) -> np.ndarray | None:
+    """The near-duplicate groups after `added` (rows from len(old) on) went into `index`:
+    the old groups, joined by the new images' neighbours (None: the index has no groups)."""
+    threshold = old.manifest.get("near_duplicates", {}).get("threshold")
+    if threshold is None or old.duplicate_groups is None:
+        return None
+    n_old = len(old.image_ids)
+    pairs = [*kept_pairs(old.duplicate_groups, np.arange(n_old))]
+    for rows, others in near_pairs(index, [added], threshold):
+        pairs.append((rows + n_old, others))
+    return label_groups(int(index.ntotal), pairs)
+
+
+def _kept_facts(manifest: dict[str, Any], groups: np.ndarray | None) -> dict[str, Any]:
+    """The manifest entries an update carries over (the model; the grouping, recounted)."""
+    out = {k: v for k, v in manifest.items() if k in ("model",)}
+    if groups is not None:
+        out["near_duplicates"] = duplicate_facts(groups, manifest["near_duplicates"]["threshold"])
+    return out
 
 
 def _caption_counts(old: LoadedIndex) -> Counter[str]:
@@ -225,6 +251,9 @@ def remove_from_index(
             },
         ]
         log.info("removing %d images and %d aliases from %s", removed, len(aliased), index_dir)
+        groups = None
+        if old.duplicate_groups is not None:
+            groups = label_groups(len(keep), kept_pairs(old.duplicate_groups, np.asarray(keep)))
         return write_index_dir(
             index_dir,
             images=parts["images"],
@@ -235,8 +264,9 @@ def remove_from_index(
             previous_dir=index_dir,
             source=manifest.get("source"),
             skipped_images=manifest.get("skipped_images", []),
-            extra={k: v for k, v in manifest.items() if k in ("model",)} | {"updates": history},
+            extra=_kept_facts(manifest, groups) | {"updates": history},
             locked=True,
+            duplicates=groups,
         )
 
 

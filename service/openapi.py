@@ -30,6 +30,8 @@ def not_blank_pattern() -> str:
 
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+MIN_SCORE_TEXT = "Drop results whose cosine score is lower (a relevance cut-off)."
+FILTER_TEXT = "A condition on the images' fields as JSON text (the Filter schema)."
 BODY_ERRORS = {
     "400": "The body could not be read or parsed (malformed JSON or multipart).",
     "413": "The request body is larger than the limit (VSEPP_MAX_JSON_BYTES or "
@@ -71,8 +73,15 @@ def _text_schema(settings: Settings, description: str) -> dict[str, Any]:
     }
 
 
-def _limit_properties(props: dict[str, Any], settings: Settings, what: str) -> None:
+def _limit_properties(props: dict[str, Any], settings: Settings, what: str, media: str) -> None:
     """Bound the properties of a request body (JSON object or multipart form) in place."""
+    if media == "multipart/form-data":
+        # A form field is text: it is given or left out, it cannot be null.
+        if "min_score" in props:
+            props["min_score"] = {"type": "number", "minimum": -1.0, "maximum": 1.0,
+                                  "title": "Min Score", "description": MIN_SCORE_TEXT}  # fmt: skip
+        if "filter" in props:
+            props["filter"] = {"type": "string", "title": "Filter", "description": FILTER_TEXT}
     if "k" in props:
         props["k"] = _k_schema(settings, what)
     if "offset" in props:
@@ -117,6 +126,10 @@ def apply_limits(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
                     param["schema"] = _offset_schema(settings)
                 elif param["name"] == "q":
                     param["schema"] = {"title": "Q", **_text_schema(settings, "The sentence.")}
+                elif param["name"] == "filter":
+                    # JSON text in the URL: the parameter's content is the Filter schema.
+                    param.pop("schema", None)
+                    param["content"] = {"application/json": {"schema": FILTER_REF}}
             body = op.get("requestBody")
             if body is None:
                 continue
@@ -124,7 +137,7 @@ def apply_limits(doc: dict[str, Any], settings: Settings) -> dict[str, Any]:
                 ref = content.get("schema", {}).get("$ref", "")
                 component = schemas.get(ref.rsplit("/", 1)[-1])
                 if component is not None:
-                    _limit_properties(component.get("properties", {}), settings, what)
+                    _limit_properties(component.get("properties", {}), settings, what, media)
                 if media == "multipart/form-data":
                     content["encoding"] = {
                         "file": {"contentType": ", ".join(sorted(SUPPORTED_CONTENT_TYPES))}

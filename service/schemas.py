@@ -45,6 +45,11 @@ class SearchOptions(BaseModel):
         description="A relevance cut-off: results with a lower cosine score are dropped; "
         "the response's `passed` says how many of the candidates reached it.",
     )
+    collapse: bool = Field(
+        default=False,
+        description="Show each near-duplicate group (a burst, an edited copy) once, by its "
+        "best-scoring member, which carries the others as `duplicates`.",
+    )
     sort: Sort = Field(
         default="score",
         description="score (best first, the default), taken_at (oldest first) or -taken_at "
@@ -77,6 +82,13 @@ class TextSearchRequest(SearchOptions):
         return value
 
 
+class DuplicateGroup(BaseModel):
+    """The other members of an image's near-duplicate group."""
+
+    count: int = Field(ge=0, description="How many other images are in the group.")
+    image_ids: list[str] = Field(description="Their ids (at most 100).")
+
+
 class ImageResult(BaseModel):
     """One image found by a query."""
 
@@ -102,6 +114,10 @@ class ImageResult(BaseModel):
     camera_model: str | None = None
     lat: float | None = Field(default=None, description="GPS latitude (EXIF), if present.")
     lon: float | None = Field(default=None, description="GPS longitude (EXIF), if present.")
+    duplicates: DuplicateGroup | None = Field(
+        default=None,
+        description="With collapse: the near-duplicates this result stands for (not shown).",
+    )
 
 
 class Page(BaseModel):
@@ -260,3 +276,13 @@ class FieldsResponse(BaseModel):
     fields: list[FieldFacts]
     folders: list[FolderCount] = Field(description="Folders, the most images first.")
     more_folders: int = Field(description="Folders not listed (beyond the first 1000).")
+
+
+class DuplicatesResponse(BaseModel):
+    """An image's near-duplicate group (`index.build --near_duplicates`)."""
+
+    image_id: str
+    group: list[str] = Field(description="The group's images in index order, itself included.")
+    threshold: float | None = Field(
+        description="The cosine at which images were grouped; null: the index has no groups."
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from urllib.parse import quote
 
@@ -11,7 +11,7 @@ from fastapi import HTTPException, Request
 from index.search import Ranked, caption_hits, image_hits
 from service.config import Settings
 from service.route_class import invalid
-from service.schemas import DEFAULT_K, CaptionResult, ImageResult
+from service.schemas import DEFAULT_K, CaptionResult, DuplicateGroup, ImageResult
 from service.state import Backend
 
 
@@ -67,18 +67,31 @@ def thumb_url(request: Request, image_id: str) -> str:
 
 
 def image_results(
-    request: Request, backend: Backend, ranked: Ranked, offset: int = 0
+    request: Request,
+    backend: Backend,
+    ranked: Ranked,
+    offset: int = 0,
+    duplicates: Mapping[int, list[int]] | None = None,
 ) -> list[ImageResult]:
-    """Ranked image rows as response items (the page after `offset` results)."""
+    """Ranked image rows as response items (the page after `offset` results); `duplicates`
+    maps a row to the other rows of its group, which the item then carries."""
     hits = image_hits(backend.index, ranked, first_rank=offset + 1)
-    return [
-        ImageResult(
-            **asdict(h),
-            image_url=image_url(request, h.image_id),
-            thumb_url=thumb_url(request, h.image_id),
+    ids = backend.index.image_ids
+    out = []
+    for row, h in zip(ranked.rows.tolist(), hits, strict=True):
+        others = None if duplicates is None else duplicates.get(row, [])
+        group = None
+        if others is not None:
+            group = DuplicateGroup(count=len(others), image_ids=[ids[r] for r in others[:100]])
+        out.append(
+            ImageResult(
+                **asdict(h),
+                image_url=image_url(request, h.image_id),
+                thumb_url=thumb_url(request, h.image_id),
+                duplicates=group,
+            )
         )
-        for h in hits
-    ]
+    return out
 
 
 def caption_results(

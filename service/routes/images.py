@@ -1,4 +1,5 @@
-"""GET /images/{image_id}: the files of the indexed images, and nothing else."""
+"""GET /images/{image_id}: the files of the indexed images, and nothing else; and
+GET /images/{image_id}/duplicates: an image's near-duplicate group."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi.responses import FileResponse
 
 from service.deps import BackendDep
 from service.route_class import ServiceRoute
-from service.schemas import ErrorResponse
+from service.schemas import DuplicatesResponse, ErrorResponse
 
 router = APIRouter(tags=["images"], route_class=ServiceRoute)
 
@@ -36,6 +37,28 @@ def sniff_media_type(path: Path) -> str:
         return "image/webp"
     guessed, _ = mimetypes.guess_type(path.name)
     return guessed or "application/octet-stream"
+
+
+@router.get(
+    "/images/{image_id:path}/duplicates",
+    response_model=DuplicatesResponse,
+    responses={
+        404: {"model": ErrorResponse, "description": "Not an image of the index."},
+        503: {"model": ErrorResponse},
+    },
+)
+async def get_duplicates(image_id: str, backend: BackendDep) -> DuplicatesResponse:
+    """The near-duplicate group of an image of the index (itself included)."""
+    index = backend.index
+    row = index.image_row(image_id)
+    if row is None:
+        raise HTTPException(404, f"no image {image_id[:200]!r} in the index")
+    grouping = index.manifest.get("near_duplicates") or {}
+    return DuplicatesResponse(
+        image_id=image_id,
+        group=[index.image_ids[r] for r in index.group_of(row)],
+        threshold=grouping.get("threshold"),
+    )
 
 
 @router.get(

@@ -12,12 +12,12 @@ import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 
 from index.filters import Condition, FilterError, parse
-from index.search import Ranked, by_capture_time, filter_fields
+from index.search import Ranked, by_capture_time, collapsed, filter_fields
 from service.config import Settings
 from service.deps import BackendDep, SettingsDep, StateDep
 from service.imaging import ImageRejected
 from service.responses import fast_json
-from service.route_class import ServiceRoute
+from service.route_class import ServiceRoute, invalid
 from service.routes.helpers import (
     caption_results,
     check_text,
@@ -49,6 +49,9 @@ FILTER_TEXT = (
 MIN_SCORE = "Drop results whose cosine score is lower (a relevance cut-off)."
 FilterQuery = Annotated[str | None, Query(description=FILTER_TEXT)]
 MinScoreQuery = Annotated[float | None, Query(ge=-1.0, le=1.0, description=MIN_SCORE)]
+CollapseQuery = Annotated[
+    bool, Query(description="Show each near-duplicate group once, by its best member.")
+]
 SortQuery = Annotated[
     Sort, Query(description="score (default), taken_at (oldest first) or -taken_at.")
 ]
@@ -61,7 +64,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such image in the index."},
     413: {"model": ErrorResponse, "description": "Upload too large in bytes or pixels."},
     415: {"model": ErrorResponse, "description": "Unsupported content type or image format."},
-    400: {"model": ErrorResponse, "description": "Not an image, or a truncated one."},
+    400: {
+        "model": ErrorResponse,
+        "description": "A filter that names a field the index lacks, compares a value of "
+        "another type, holds a malformed date or is not JSON; for an upload, not an image "
+        "or a truncated one.",
+    },
     503: {"model": ErrorResponse, "description": "Model and index not loaded yet."},
     409: {"model": ErrorResponse, "description": "The index holds no captions to search."},
 }
@@ -82,11 +90,12 @@ class Narrowing:
     where: Condition | None = None
     min_score: float | None = None
     sort: Sort = "score"
+    collapse: bool = False
 
     def pool(self, k: int, offset: int, settings: Settings) -> int:
-        """How many candidates to search for: the page, or the pool a cut-off or a sort by
-        date works on."""
-        if self.min_score is None and self.sort == "score":
+        """How many candidates to search for: the page, or the pool a cut-off, a collapse
+        or a sort by date works on."""
+        if self.min_score is None and self.sort == "score" and not self.collapse:
             return k + offset
         return max(k + offset, settings.sort_pool)
 
@@ -96,41 +105,63 @@ def narrowing(
     where: dict[str, Any] | None,
     min_score: float | None = None,
     sort: Sort = "score",
+    collapse: bool = False,
 ) -> Narrowing:
     """The request's options, or 400 naming what is wrong in its filter."""
+    if sort != "score" and "taken_at" not in backend.index.image_table.column_names:
+        raise HTTPException(400, f"sort: {sort}: this index has no capture times (taken_at)")
     if where is None:
-        return Narrowing(None, min_score, sort)
+        return Narrowing(None, min_score, sort, collapse)
     try:
         condition = parse(where, filter_fields(backend.index))
     except FilterError as exc:
         raise HTTPException(400, str(exc)) from exc
-    if sort != "score" and "taken_at" not in backend.index.image_table.column_names:
-        raise HTTPException(400, f"sort: {sort}: this index has no capture times (taken_at)")
-    return Narrowing(condition, min_score, sort)
+    return Narrowing(condition, min_score, sort, collapse)
+
+
+async def _no_empty_fields(request: Request, names: tuple[str, ...]) -> None:
+    """422 for a number field of a form that is there but empty: the form parser reads it as
+    left out, which would accept what the schema (a number) refuses."""
+    form = await request.form()  # parsed once already: this is the cached form
+    for name in names:
+        if form.get(name) == "":
+            raise invalid(("body", name), f"{name} is empty: give a number or leave it out", "")
 
 
 def filter_param(text: str | None) -> dict[str, Any] | None:
-    """The `filter` of a GET form: URL-encoded JSON text, or 400."""
+    """The `filter` of a GET or multipart form: JSON text, or 400."""
     if text is None:
         return None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HTTPException(400, f"filter: not JSON ({exc.msg} at character {exc.pos})") from exc
+    if value is None:
+        return None  # JSON null: no filter, as in a JSON body
     if not isinstance(value, dict):
         raise HTTPException(400, "filter: expected a JSON object")
     return value
 
 
-def _page(
-    backend: Backend, hits: Hits, narrow: Narrowing, k: int, offset: int
-) -> tuple[Ranked, int | None, str | None]:
-    """The page of `hits` a request asked for: (ranked, passed, message)."""
-    ranked, passed = hits.ranked, None
+@dataclass(frozen=True)
+class Paged:
+    """The page a request asked for, and what it says besides its results."""
+
+    ranked: Ranked
+    passed: int | None = None
+    message: str | None = None
+    duplicates: dict[int, list[int]] | None = None  # with collapse: row -> the others
+
+
+def _page(backend: Backend, hits: Hits, narrow: Narrowing, k: int, offset: int) -> Paged:
+    """The cut-off, then the collapse (in score order), then the order, then the page."""
+    ranked, passed, duplicates = hits.ranked, None, None
     if narrow.min_score is not None:
         keep = ranked.scores >= narrow.min_score
         ranked = Ranked(ranked.scores[keep], ranked.rows[keep])
         passed = len(ranked.rows)
+    if narrow.collapse:
+        ranked, duplicates = collapsed(backend.index, ranked)
     if narrow.sort != "score" and len(ranked.rows):
         ranked = by_capture_time(backend.index, ranked, newest_first=narrow.sort == "-taken_at")
     page = ranked.after(offset)
@@ -140,7 +171,7 @@ def _page(
         message = NOTHING_SELECTED
     elif passed == 0:
         message = f"no result reached min_score {narrow.min_score}"
-    return page, passed, message
+    return Paged(page, passed, message, duplicates)
 
 
 async def _text_search(
@@ -165,20 +196,20 @@ async def _text_search(
                 message=NO_KNOWN_WORDS,
             )
         )
-    page, passed, message = _page(backend, hits, narrow, k, offset)
+    paged = _page(backend, hits, narrow, k, offset)
     return fast_json(
         TextSearchResponse(
-            results=image_results(request, backend, page, offset),
+            results=image_results(request, backend, paged.ranked, offset, paged.duplicates),
             took_ms=_ms(start),
             known_words=hits.known_words,
             no_known_words=False,
-            passed=passed,
-            message=message,
+            passed=paged.passed,
+            message=paged.message,
         )
     )
 
 
-@router.post("/text", response_model=TextSearchResponse, responses=_errors(415, 503))
+@router.post("/text", response_model=TextSearchResponse, responses=_errors(400, 415, 503))
 async def search_text(
     body: TextSearchRequest, request: Request, backend: BackendDep, settings: SettingsDep
 ) -> Response:
@@ -187,11 +218,11 @@ async def search_text(
     k = resolve_k(body.k if "k" in body.model_fields_set else None, settings, ("body", "k"))
     offset = resolve_offset(body.offset, settings, ("body", "offset"))
     query = check_text(body.query, settings, ("body", "query"), "query")
-    narrow = narrowing(backend, body.filter, body.min_score, body.sort)
+    narrow = narrowing(backend, body.filter, body.min_score, body.sort, body.collapse)
     return await _text_search(request, backend, settings, query, k, start, offset, narrow)
 
 
-@router.get("/text", response_model=TextSearchResponse, responses=_errors(503))
+@router.get("/text", response_model=TextSearchResponse, responses=_errors(400, 503))
 async def search_text_get(
     request: Request,
     backend: BackendDep,
@@ -202,13 +233,14 @@ async def search_text_get(
     filter: FilterQuery = None,
     min_score: MinScoreQuery = None,
     sort: SortQuery = "score",
+    collapse: CollapseQuery = False,
 ) -> Response:
     """The same search as POST /search/text, as a link: /search/text?q=a+dog&k=10."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
     skip = resolve_offset(offset, settings, ("query", "offset"))
     query = check_text(q, settings, ("query", "q"), "query")
-    narrow = narrowing(backend, filter_param(filter), min_score, sort)
+    narrow = narrowing(backend, filter_param(filter), min_score, sort, collapse)
     return await _text_search(request, backend, settings, query, k_used, start, skip, narrow)
 
 
@@ -229,6 +261,7 @@ async def search_image(
 ) -> Response:
     """Captions for an uploaded image, best first (cosine similarity)."""
     start = time.perf_counter()
+    await _no_empty_fields(request, ("k", "min_score"))
     k_used = resolve_k(k, settings, ("body", "k"))
     require_captions(backend)
     narrow = narrowing(backend, filter_param(filter), min_score)
@@ -244,15 +277,15 @@ async def search_image(
         hits, image = await anyio.to_thread.run_sync(work, limiter=state.image_limiter())
     except ImageRejected as exc:
         raise HTTPException(exc.status_code, exc.detail) from exc
-    page, passed, message = _page(backend, hits, narrow, k_used, 0)
+    paged = _page(backend, hits, narrow, k_used, 0)
     return fast_json(
         ImageSearchResponse(
-            results=caption_results(request, backend, page),
+            results=caption_results(request, backend, paged.ranked),
             took_ms=_ms(start),
             height=image.height,
             width=image.width,
-            passed=passed,
-            message=message,
+            passed=paged.passed,
+            message=paged.message,
         )
     )
 
@@ -276,7 +309,7 @@ async def _indexed_image_vector(backend: Backend, state: StateDep, row: int) -> 
 @router.get(
     "/image-to-captions",
     response_model=ImageSearchResponse,
-    responses=_errors(404, 409, 503),
+    responses=_errors(400, 404, 409, 503),
 )
 async def search_indexed_image_captions(
     request: Request,
@@ -298,19 +331,19 @@ async def search_indexed_image_captions(
     hits = await anyio.to_thread.run_sync(
         backend.engine.search_captions, vector, narrow.pool(k_used, 0, settings), narrow.where
     )
-    page, passed, message = _page(backend, hits, narrow, k_used, 0)
+    paged = _page(backend, hits, narrow, k_used, 0)
     return ImageSearchResponse(
-        results=caption_results(request, backend, page),
+        results=caption_results(request, backend, paged.ranked),
         took_ms=_ms(start),
-        passed=passed,
-        message=message,
+        passed=paged.passed,
+        message=paged.message,
     )
 
 
 @router.get(
     "/image-to-image",
     response_model=ImageToImageResponse,
-    responses=_errors(404, 503),
+    responses=_errors(400, 404, 503),
 )
 async def search_indexed_image_images(
     request: Request,
@@ -323,21 +356,22 @@ async def search_indexed_image_images(
     filter: FilterQuery = None,
     min_score: MinScoreQuery = None,
     sort: SortQuery = "score",
+    collapse: CollapseQuery = False,
 ) -> ImageToImageResponse:
     """Images of the index nearest to one of its images."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
     skip = resolve_offset(offset, settings, ("query", "offset"))
-    narrow = narrowing(backend, filter_param(filter), min_score, sort)
+    narrow = narrowing(backend, filter_param(filter), min_score, sort, collapse)
     row = _row_of(backend, image_id)
     vector = await _indexed_image_vector(backend, state, row)
     hits = await anyio.to_thread.run_sync(
         backend.engine.search_images, vector, narrow.pool(k_used, skip, settings), narrow.where
     )
-    page, passed, message = _page(backend, hits, narrow, k_used, skip)
+    paged = _page(backend, hits, narrow, k_used, skip)
     return ImageToImageResponse(
-        results=image_results(request, backend, page, skip),
+        results=image_results(request, backend, paged.ranked, skip, paged.duplicates),
         took_ms=_ms(start),
-        passed=passed,
-        message=message,
+        passed=paged.passed,
+        message=paged.message,
     )
