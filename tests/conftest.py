@@ -7,10 +7,17 @@ a model or an index uses the same artifacts a user would produce.
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from tests.service_helpers import ClientFactory, ServiceBackend
 
 # Quieter TensorFlow; set before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -95,6 +102,52 @@ def service_backend(demo_model_dir: Path, demo_index_dir: Path) -> Any:
     from tests.service_helpers import demo_backend
 
     return demo_backend(demo_model_dir, demo_index_dir)
+
+
+@pytest.fixture(scope="module")
+def backend(service_backend: ServiceBackend) -> ServiceBackend:
+    """The service tests' backend (tests/test_service_*.py): the session's demo one."""
+    return service_backend
+
+
+@pytest.fixture
+def make_client(backend: ServiceBackend) -> Iterator[ClientFactory]:
+    """Build an app (with settings overrides) and enter a TestClient on it; each client is
+    closed when the test ends."""
+    from service.config import Settings
+    from service.main import create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Starlette's notice about httpx vs httpx2
+        from fastapi.testclient import TestClient
+
+    opened: list[TestClient] = []
+
+    def make(
+        encoders: Any = None,
+        index: Any = None,
+        raise_server_exceptions: bool = True,
+        **settings: Any,
+    ) -> TestClient:
+        app = create_app(
+            Settings(**settings),
+            encoders if encoders is not None else backend.encoders,
+            index if index is not None else backend.index,
+        )
+        client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> TestClient:
+    """A TestClient on an app with the default settings."""
+    return make_client()
 
 
 # Fixtures that train a model (or need one trained): a test that uses one is slow, whatever

@@ -11,13 +11,23 @@ import io
 import socket
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    import httpx
+    from fastapi.testclient import TestClient
+
+# Builds an app with settings overrides (and optional encoders, index) and enters a
+# TestClient on it: the `make_client` fixture in tests/conftest.py.
+ClientFactory = Callable[..., "TestClient"]
+# An upload bound small enough to pass in a test, big enough for the sample images.
+SMALL_UPLOAD = 200_000
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -111,6 +121,22 @@ def demo_backend(model_dir: Path, index_dir: Path) -> ServiceBackend:
         known_query=index.captions[0],
         sample_image=sample,
     )
+
+
+def sample_upload(backend: ServiceBackend) -> dict[str, tuple[str, bytes, str]]:
+    """The backend's sample image as the `files` of a multipart upload."""
+    return {"file": (backend.sample_image.name, backend.sample_image.read_bytes(), "image/png")}
+
+
+def detail_text(response: httpx.Response) -> str:
+    """The `detail` of an error answer as one string (FastAPI's list or our sentence)."""
+    body = response.json()
+    assert "detail" in body, body
+    detail = body["detail"]
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in detail)
+    assert isinstance(detail, str)
+    return detail
 
 
 # --------------------------------------------------------------------------- live servers
