@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +32,9 @@ if TYPE_CHECKING:
 ClientFactory = Callable[..., "TestClient"]
 # An upload bound small enough to pass in a test, big enough for the sample images.
 SMALL_UPLOAD = 200_000
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 180.0
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -216,3 +223,89 @@ def wait_healthy(client: Any, timeout_s: float = 180.0) -> dict[str, Any]:
             pass
         time.sleep(0.2)
     raise AssertionError("the server never became ready")
+
+
+# --------------------------------------------------------------------------- server processes
+
+
+@dataclass
+class LiveServer:
+    """A server process started by `serve_subprocess`, healthy."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log: Path  # its stdout and stderr
+
+
+def service_command(port: int, model_dir: Path, index_dir: Path, *args: str) -> list[str]:
+    """`python -m service` on 127.0.0.1:`port` serving `model_dir` and `index_dir`."""
+    return [
+        sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+        "--model_dir", str(model_dir), "--index_dir", str(index_dir), *args,
+    ]  # fmt: skip
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    """This environment without the caller's VSEPP_ settings, quiet and unbuffered, plus
+    `extra`; the repository first on the path (its workers are spawned, not forked)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSEPP_")}
+    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(extra)
+    return env
+
+
+def _wait_process_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path,
+                          timeout_s: float) -> None:  # fmt: skip
+    """Until GET /health says 200; fails at once if the process ends or loading failed."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            response = httpx.get(f"{base_url}/health", timeout=2.0)
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        else:
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text}"
+            if response.json().get("status") == "error":
+                raise AssertionError(f"loading failed: {last}\n{log.read_text()}")
+        time.sleep(0.25)
+    raise AssertionError(f"not healthy after {timeout_s}s ({last}):\n{log.read_text()[-8000:]}")
+
+
+@contextlib.contextmanager
+def serve_subprocess(
+    command: Sequence[str],
+    *,
+    port: int,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+) -> Iterator[LiveServer]:
+    """Run `command` (a server on 127.0.0.1:`port`, e.g. `service_command(...)`) from the
+    repository, its output in `log`, and yield it once GET /health says 200.
+
+    On leaving: SIGTERM to the process, which stops its workers itself; whatever is left
+    of its process group 30 s later (a stage a shell script was running) is killed."""
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            list(command), cwd=REPO, env=dict(env if env is not None else service_env()),
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_process_healthy(f"http://127.0.0.1:{port}", process, log, timeout_s)
+        yield LiveServer(f"http://127.0.0.1:{port}", process, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
