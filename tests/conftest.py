@@ -153,16 +153,20 @@ def client(make_client: ClientFactory) -> TestClient:
 # Fixtures that train a model (or need one trained): a test that uses one is slow, whatever
 # its own marks say, so `pytest -m "not slow"` trains nothing.
 TRAINED_FIXTURES = frozenset({"demo_model_dir", "demo_index_dir"})
+# Markers of tests that need what CI does not provide: torch (no dependency), the GPU
+# training image's CUDA base (not on CI's machines, Docker Hub out of reach).
+OPT_IN_MARKERS = ("torch", "gpu_image")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    # torch is no dependency: its tests run only when asked for by name (`-m torch`), so the
-    # default run and CI's lanes (`-m "not slow"`) deselect them rather than skip them.
-    if "torch" not in (config.option.markexpr or ""):
-        kept = [item for item in items if item.get_closest_marker("torch") is None]
-        if len(kept) != len(items):
-            config.hook.pytest_deselected(items=[i for i in items if i not in kept])
-            items[:] = kept
+    # Tests of what CI does not have run only when asked for by name (`-m torch`), so the
+    # default run and CI's lanes deselect them rather than skip them (a skip would pass CI).
+    asked = config.option.markexpr or ""
+    opt_out = [name for name in OPT_IN_MARKERS if name not in asked]
+    kept = [i for i in items if not any(i.get_closest_marker(name) for name in opt_out)]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept

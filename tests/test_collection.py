@@ -178,8 +178,8 @@ def test_a_list_keeps_captions_and_metadata(listed: Path, demo_model_dir: Path) 
 
 
 def test_parquet_and_jsonl_lists_read_the_same(tmp_path: Path) -> None:
-    pq = pytest.importorskip("pyarrow.parquet")
-    import pyarrow as pa
+    import pyarrow as pa  # the dev extra's (and the parquet extra's)
+    import pyarrow.parquet as pq
 
     from index.sources import read_list
 
@@ -360,31 +360,25 @@ def test_reload_under_load_fails_no_request(
 
 
 def test_sighup_reloads_a_served_index(demo_model_dir: Path, folder: Path, tmp_path: Path) -> None:
-    from tests.service_helpers import free_port
+    from tests.service_helpers import free_port, serve_subprocess, service_command, service_env
 
     live = tmp_path / "live"
     argv = ["--model_dir", str(demo_model_dir), "--index_dir", str(live)]
     assert build.main([*argv, "--images_dir", str(folder / "kinds")]) == 0
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VSEPP_")}
-    env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port), "--model_dir", str(demo_model_dir),
-         "--index_dir", str(live)], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            first = wait_healthy(client)["index"]["build_id"]
-            assert build.main([*argv, "--images_dir", str(folder / "holiday 2024")]) == 0
-            server.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 60
+    command = service_command(port, demo_model_dir, live)
+    env = service_env(TF_CPP_MIN_LOG_LEVEL="3")
+    with (
+        serve_subprocess(command, port=port, log=tmp_path / "server.log", env=env) as server,
+        httpx.Client(base_url=server.base_url, timeout=10) as client,
+    ):
+        first = wait_healthy(client)["index"]["build_id"]
+        assert build.main([*argv, "--images_dir", str(folder / "holiday 2024")]) == 0
+        server.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        health = wait_healthy(client)
+        while health["index"]["build_id"] == first and time.monotonic() < deadline:
+            time.sleep(0.1)
             health = wait_healthy(client)
-            while health["index"]["build_id"] == first and time.monotonic() < deadline:
-                time.sleep(0.1)
-                health = wait_healthy(client)
-            assert health["index"]["build_id"] != first and health["reload"]["reloads"] == 1
-            assert server.poll() is None  # reloaded, not restarted
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        assert health["index"]["build_id"] != first and health["reload"]["reloads"] == 1
+        assert server.process.poll() is None  # reloaded, not restarted

