@@ -208,6 +208,15 @@ def hammer_text_search(
                 answers.append([x["image_id"] for x in r.json()["results"]])
 
 
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def wait_healthy(client: Any, timeout_s: float = 180.0) -> dict[str, Any]:
     """The body of the first 200 from GET /health within `timeout_s` (an httpx.Client)."""
     import httpx

@@ -34,6 +34,7 @@ from tests.service_helpers import (
     image_bytes,
     shape_image,
     uvicorn_in_thread,
+    wait_for,
     wait_healthy,
 )
 
@@ -330,12 +331,12 @@ def test_reload_under_load_fails_no_request(
         for t in threads:
             t.start()
         try:
-            time.sleep(1.0)
+            wait_for(lambda: any(set(a) <= old_ids for a in list(answers)), "an old answer")
             # A rebuilt index of other images, written over the live directory.
             assert build.main([*argv, "--list", str(listed.parent / "items.csv")]) == 0
             new_ids = set(load_index(live).image_ids)
             assert admin.post("/admin/reload", headers=headers).status_code == 200
-            time.sleep(1.0)
+            wait_for(lambda: any(set(a) == new_ids for a in list(answers)), "a new answer")
             # A broken rebuild is refused; the new index keeps serving.
             manifest = json.loads((live / "manifest.json").read_text())
             (live / "manifest.json").write_text(json.dumps({**manifest, "dim": 7}))
@@ -346,7 +347,9 @@ def test_reload_under_load_fails_no_request(
             health = admin.get("/health").json()
             assert health["reload"]["last_error"] and health["reload"]["reloads"] == 1
             assert health["index"]["build_id"] == manifest["build_id"]
-            time.sleep(0.5)
+            # Searches go on after the refusal (all checked whole below).
+            answered = len(answers) + 32
+            wait_for(lambda: len(answers) >= answered, "32 answers after the refusal")
         finally:
             stop.set()
             for t in threads:

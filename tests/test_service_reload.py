@@ -9,7 +9,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from tests.service_helpers import (
     service_command,
     service_env,
     uvicorn_in_thread,
+    wait_for,
     wait_healthy,
 )
 
@@ -59,14 +59,6 @@ def _build(model_dir: Path, images_dir: Path, index_dir: Path) -> str:
     return build_id
 
 
-def _wait_for(check: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_the_watcher_swaps_in_a_rebuilt_index_and_keeps_it_over_a_broken_one(
     demo_model_dir: Path,
     folders: dict[str, Path],
@@ -86,7 +78,7 @@ def test_the_watcher_swaps_in_a_rebuilt_index_and_keeps_it_over_a_broken_one(
         def serving() -> Any:
             return client.get("/health").json()["index"]["build_id"]
 
-        _wait_for(lambda: serving() == second, "the watcher to load the rebuilt index")
+        wait_for(lambda: serving() == second, "the watcher to load the rebuilt index")
         hits = client.post("/search/text", json={"query": "a picture", "k": K}).json()["results"]
         assert {h["image_id"] for h in hits} <= {p.name for p in folders["second"].iterdir()}
         # A broken rebuild is refused once; the rebuilt index keeps serving.
@@ -98,9 +90,14 @@ def test_the_watcher_swaps_in_a_rebuilt_index_and_keeps_it_over_a_broken_one(
         def refused() -> Any:
             return client.get("/health").json()["reload"]["last_error"]
 
+        def checks() -> int:
+            return int(client.get("/health").json()["reload"]["checks"])
+
         with caplog.at_level(logging.ERROR, logger="service.state"):
-            _wait_for(lambda: bool(refused()), "the watcher to refuse the broken index")
-            time.sleep(1.0)  # five more intervals: the refused build is not tried again
+            wait_for(lambda: bool(refused()), "the watcher to refuse the broken index")
+            # Five more passes of the watcher: the refused build is not tried again.
+            after = checks() + 5
+            wait_for(lambda: checks() >= after, "five more passes of the watcher")
         assert sum("reload refused" in r.getMessage() for r in caplog.records) == 1
         health = client.get("/health").json()
         assert health["index"]["build_id"] == second and health["reload"]["reloads"] == 1
@@ -155,21 +152,21 @@ def test_every_worker_reloads_in_place_under_load(
             assert len(workers) == 2 and set(workers.values()) == {builds[0]}, workers
             for t in threads:
                 t.start()
-            _wait_for(lambda: answered_from("first"), "an answer from the first build")
+            wait_for(lambda: answered_from("first"), "an answer from the first build")
             # SIGHUP to the parent: each worker loads the rebuilt index itself.
             builds.append(_build(demo_model_dir, folders["second"], live))
             server.process.send_signal(signal.SIGHUP)
-            _wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[1]),
+            wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[1]),
                       "both workers to serve the second build")  # fmt: skip
-            _wait_for(lambda: answered_from("second"), "an answer from the second build")
+            wait_for(lambda: answered_from("second"), "an answer from the second build")
             # POST /admin/reload reaches one worker; the other follows.
             builds.append(_build(demo_model_dir, folders["third"], live))
             with httpx.Client(base_url=base, timeout=60) as admin:
                 r = admin.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
             assert r.status_code == 200 and r.json()["build_id"] == builds[2], r.text
-            _wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[2]),
+            wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[2]),
                       "both workers to serve the third build")  # fmt: skip
-            _wait_for(lambda: answered_from("third"), "an answer from the third build")
+            wait_for(lambda: answered_from("third"), "an answer from the third build")
         finally:
             stop.set()
             for t in threads:
