@@ -44,6 +44,16 @@ SHORT_DEMO = {"DEMO_EPOCHS": "1", "DEMO_TRAIN": "2000"}
 BUILD_TIMEOUT_S = 1800
 UP_TIMEOUT_S = 600
 HEALTH_TIMEOUT_S = 300
+# Environment variables the image sets that entrypoint.sh does not read: the runtime's.
+RUNTIME_ENV = {
+    "PATH",
+    "LANG",
+    "PYTHONUNBUFFERED",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PIP_ROOT_USER_ACTION",
+}
 
 
 def run(
@@ -225,6 +235,32 @@ def test_image_builds_with_the_short_demo(
     took, size = BUILD_FACTS["seconds"], BUILD_FACTS["bytes"] / 1e9
     report(capsys, f"built {serving_image} in {took:.0f} s, {size:.2f} GB (DEMO_EPOCHS=1, "
            "DEMO_TRAIN=2000; layers already cached are not rebuilt)")  # fmt: skip
+
+
+def test_serving_image_runs_unprivileged_and_serves_by_default(serving_image: str) -> None:
+    """What the built image does, asked of the image: a user that is not root (and a process
+    that runs as it), a health check of the served /health in exec form, the pipeline script
+    as entrypoint serving by default on every interface, and that script the working tree's."""
+    config = inspect(serving_image)["Config"]
+    user = config["User"].split(":")[0]
+    assert user not in {"", "0", "root"}, f"the image runs as {config['User']!r}"
+    offline = [DOCKER, "run", "--rm", "--network", "none"]
+    uid = run([*offline, "--entrypoint", "id", serving_image, "-u"], timeout=120).stdout.strip()
+    assert uid != "0" and (not user.isdigit() or uid == user), (uid, config["User"])
+    check = config["Healthcheck"]["Test"]
+    assert check[0] == "CMD" and "curl" not in check, check  # exec form: no shell, no curl
+    assert any("127.0.0.1:%s/health" in word and "PORT" in word for word in check), check
+    assert config["Entrypoint"] == ["docker/entrypoint.sh"] and config["Cmd"] == ["serve"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["HOST"] == "0.0.0.0" and f"{env['PORT']}/tcp" in config["ExposedPorts"], env
+    script = run([*offline, "--entrypoint", "cat", serving_image, "docker/entrypoint.sh"],
+                 timeout=120).stdout  # fmt: skip
+    assert script == (REPO / "docker" / "entrypoint.sh").read_text()
+    for var in set(env) - RUNTIME_ENV:
+        assert re.search(r"\$\{?" + var + r"\b", script), f"entrypoint.sh never reads {var}"
+    # The entrypoint runs in the image: an unknown stage is refused with its usage.
+    refused = run([*offline, serving_image, "deploy"], timeout=120, check=False)
+    assert refused.returncode != 0 and "usage" in refused.stderr, refused
 
 
 def test_health_says_the_baked_demo_is_loaded(stack: Stack) -> None:
