@@ -215,6 +215,9 @@ class ReloadFacts(BaseModel):
         default=None, description="Why the last reload was refused (the old index serves on)."
     )
     interval_s: float = Field(description="Manifest check interval; 0: SIGHUP or admin only.")
+    checks: int = Field(
+        default=0, description="Manifest checks the watcher has made since the start."
+    )
     worker_pid: int = Field(
         description="The process that answered: with several workers each reloads on its own."
     )

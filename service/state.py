@@ -124,6 +124,7 @@ class ReloadStatus:
     reloads: int = 0  # indexes swapped in since start
     last_error: str | None = None  # why the last attempt was refused, None after a success
     refused_build: str | None = None  # build id of the refused index (not retried as is)
+    checks: int = 0  # passes the manifest watcher has made (tests wait on it)
 
 
 @dataclass
@@ -235,6 +236,7 @@ class ServiceState:
         while True:
             await asyncio.sleep(interval_s)
             await self.reload_if_new(asked=False)
+            self.reload_status.checks += 1
 
     async def load(self, encoders: EncodersLike | None, index: LoadedIndex | None) -> None:
         """Load what is missing in a worker thread; on failure keep the reason for /health."""
@@ -298,6 +300,7 @@ class ServiceState:
                 "reloads": self.reload_status.reloads,
                 "last_error": self.reload_status.last_error,
                 "interval_s": self.settings.reload_interval_s,
+                "checks": self.reload_status.checks,
                 "worker_pid": os.getpid(),
             },
             "batching": {

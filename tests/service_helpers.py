@@ -8,16 +8,33 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    import httpx
+    from fastapi.testclient import TestClient
+
+# Builds an app with settings overrides (and optional encoders, index) and enters a
+# TestClient on it: the `make_client` fixture in tests/conftest.py.
+ClientFactory = Callable[..., "TestClient"]
+# An upload bound small enough to pass in a test, big enough for the sample images.
+SMALL_UPLOAD = 200_000
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 180.0
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -113,6 +130,22 @@ def demo_backend(model_dir: Path, index_dir: Path) -> ServiceBackend:
     )
 
 
+def sample_upload(backend: ServiceBackend) -> dict[str, tuple[str, bytes, str]]:
+    """The backend's sample image as the `files` of a multipart upload."""
+    return {"file": (backend.sample_image.name, backend.sample_image.read_bytes(), "image/png")}
+
+
+def detail_text(response: httpx.Response) -> str:
+    """The `detail` of an error answer as one string (FastAPI's list or our sentence)."""
+    body = response.json()
+    assert "detail" in body, body
+    detail = body["detail"]
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in detail)
+    assert isinstance(detail, str)
+    return detail
+
+
 # --------------------------------------------------------------------------- live servers
 
 
@@ -175,6 +208,15 @@ def hammer_text_search(
                 answers.append([x["image_id"] for x in r.json()["results"]])
 
 
+def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
 def wait_healthy(client: Any, timeout_s: float = 180.0) -> dict[str, Any]:
     """The body of the first 200 from GET /health within `timeout_s` (an httpx.Client)."""
     import httpx
@@ -190,3 +232,89 @@ def wait_healthy(client: Any, timeout_s: float = 180.0) -> dict[str, Any]:
             pass
         time.sleep(0.2)
     raise AssertionError("the server never became ready")
+
+
+# --------------------------------------------------------------------------- server processes
+
+
+@dataclass
+class LiveServer:
+    """A server process started by `serve_subprocess`, healthy."""
+
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log: Path  # its stdout and stderr
+
+
+def service_command(port: int, model_dir: Path, index_dir: Path, *args: str) -> list[str]:
+    """`python -m service` on 127.0.0.1:`port` serving `model_dir` and `index_dir`."""
+    return [
+        sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
+        "--model_dir", str(model_dir), "--index_dir", str(index_dir), *args,
+    ]  # fmt: skip
+
+
+def service_env(**extra: str) -> dict[str, str]:
+    """This environment without the caller's VSEPP_ settings, quiet and unbuffered, plus
+    `extra`; the repository first on the path (its workers are spawned, not forked)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VSEPP_")}
+    env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(extra)
+    return env
+
+
+def _wait_process_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path,
+                          timeout_s: float) -> None:  # fmt: skip
+    """Until GET /health says 200; fails at once if the process ends or loading failed."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            response = httpx.get(f"{base_url}/health", timeout=2.0)
+        except httpx.TransportError as exc:
+            last = repr(exc)
+        else:
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text}"
+            if response.json().get("status") == "error":
+                raise AssertionError(f"loading failed: {last}\n{log.read_text()}")
+        time.sleep(0.25)
+    raise AssertionError(f"not healthy after {timeout_s}s ({last}):\n{log.read_text()[-8000:]}")
+
+
+@contextlib.contextmanager
+def serve_subprocess(
+    command: Sequence[str],
+    *,
+    port: int,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+) -> Iterator[LiveServer]:
+    """Run `command` (a server on 127.0.0.1:`port`, e.g. `service_command(...)`) from the
+    repository, its output in `log`, and yield it once GET /health says 200.
+
+    On leaving: SIGTERM to the process, which stops its workers itself; whatever is left
+    of its process group 30 s later (a stage a shell script was running) is killed."""
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            list(command), cwd=REPO, env=dict(env if env is not None else service_env()),
+            stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_process_healthy(f"http://127.0.0.1:{port}", process, log, timeout_s)
+        yield LiveServer(f"http://127.0.0.1:{port}", process, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)

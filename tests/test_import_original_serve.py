@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,9 +9,8 @@ import numpy as np
 import pytest
 
 from tests.original_fixture import FIXTURE_CAPTIONS, fixture_images
-from tests.service_helpers import free_port
+from tests.service_helpers import free_port, serve_subprocess, service_command
 from tests.test_import_original import LEGACY, VOCAB
-from tests.test_service_e2e import REPO, _wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -41,28 +36,13 @@ def test_imported_model_indexes_a_folder_and_serves_text_search(tmp_path: Path) 
     assert build_main(argv) == 0
 
     port = free_port()
-    log = tmp_path / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VSEPP_")}
-    env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
-    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-               "--model_dir", str(model), "--index_dir", str(index)]  # fmt: skip
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base_url, process, log)
+    command = service_command(port, model, index)
+    with serve_subprocess(command, port=port, log=tmp_path / "server.log") as server:
         reply = httpx.post(
-            f"{base_url}/search/text", json={"query": FIXTURE_CAPTIONS[1], "k": 6}, timeout=60
+            f"{server.base_url}/search/text",
+            json={"query": FIXTURE_CAPTIONS[1], "k": 6},
+            timeout=60,
         )
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
     assert reply.status_code == 200, reply.text
     results = reply.json()["results"]
     assert len(results) == 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -28,6 +29,14 @@ class Recorder:
         if self.fail_on is not None and self.fail_on in items:
             raise ValueError(f"cannot process {self.fail_on}")
         return [2 * i for i in items]
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Yield to the event loop until `check` holds, failing after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.001)
 
 
 async def _submit_all(batcher: MicroBatcher[int, int], items: list[int]) -> list[int]:
@@ -76,7 +85,7 @@ def test_adaptive_batches_what_queued_while_the_worker_was_busy() -> None:
     async def run() -> list[int]:
         try:
             first = asyncio.ensure_future(batcher.submit(0))  # alone: goes at once
-            await asyncio.sleep(0.01)  # the worker is busy with it now
+            await _until(lambda: process.calls == [[0]])  # the worker is busy with it now
             rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 9)]
             return [await first, *[await r for r in rest]]
         finally:
@@ -114,7 +123,7 @@ def test_a_cancelled_caller_is_skipped() -> None:
     async def run() -> int:
         try:
             blocker = asyncio.ensure_future(batcher.submit(1))  # occupies the worker
-            await asyncio.sleep(0.03)
+            await _until(lambda: process.calls == [[1]])
             gone = asyncio.ensure_future(batcher.submit(2))
             await asyncio.sleep(0)
             gone.cancel()

@@ -8,9 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,8 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service_helpers import free_port
-from tests.test_service_e2e import REPO, _wait_healthy
+from tests.service_helpers import free_port, serve_subprocess, service_command, service_env
 
 pytestmark = pytest.mark.slow
 
@@ -34,31 +31,13 @@ ADMIN_TOKEN = "contract-test-token"
 
 
 @contextlib.contextmanager
-def service(
-    model_dir: Path, index_dir: Path, log: Path, *args: str, **env: str
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m service` on a free 127.0.0.1 port until the block ends; yields
-    (base URL, process) once /health said 200."""
+def service(model_dir: Path, index_dir: Path, log: Path, *args: str, **env: str) -> Iterator[str]:
+    """`python -m service` on a free 127.0.0.1 port until the block ends; yields its base
+    URL once /health said 200."""
     port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("VSEPP_")}
-    environ.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", **env)
-    command = [
-        sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-        "--model_dir", str(model_dir), "--index_dir", str(index_dir), *args,
-    ]  # fmt: skip
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=REPO, env=environ, stdout=sink, stderr=sink)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base_url, process, log)
-        yield base_url, process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    command = service_command(port, model_dir, index_dir, *args)
+    with serve_subprocess(command, port=port, log=log, env=service_env(**env)) as server:
+        yield server.base_url
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +50,7 @@ def live(demo_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
     log = tmp_path_factory.mktemp("contract") / "server.log"
     # Admin on: schemathesis sends the token, so POST /admin/reload really reloads.
     admin = {"VSEPP_ADMIN_TOKEN": ADMIN_TOKEN}
-    with service(*demo_dirs, log, "--log-level", "warning", **admin) as (base_url, _):
+    with service(*demo_dirs, log, "--log-level", "warning", **admin) as base_url:
         yield base_url
 
 
@@ -204,7 +183,7 @@ def test_workers_each_load_before_200_and_metrics_add_up(
     with service(
         *demo_dirs, tmp_path / "server.log", "--workers", "2", "--log-level", "warning",
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
-    ) as (base_url, _):  # fmt: skip
+    ) as base_url:  # fmt: skip
         # Each new connection may land on either worker: every one answers 200 only once
         # its own model and index are in, so ask until a run of answers is all 200.
         in_a_row = 0

@@ -6,28 +6,23 @@ in tests/conftest.py), trained and built by the real programs.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.service_helpers import (
+    LiveServer,
     free_port,
     image_bytes,
+    serve_subprocess,
+    service_command,
+    service_env,
     shape_image,
 )
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parent.parent
-STARTUP_TIMEOUT_S = 180.0
 
 
 @pytest.fixture(scope="module")
@@ -35,78 +30,18 @@ def real_dirs(demo_model_dir: Path, demo_index_dir: Path) -> tuple[Path, Path]:
     return demo_model_dir, demo_index_dir
 
 
-@dataclass
-class Server:
-    base_url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def server(
     real_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    model_dir, index_dir = real_dirs
+) -> Iterator[LiveServer]:
     port = free_port()
     log = tmp_path_factory.mktemp("e2e-log") / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VSEPP_")}
-    env.update(PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", VSEPP_BATCH_WINDOW_MS="2")
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--model_dir",
-                str(model_dir),
-                "--index_dir",
-                str(index_dir),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base_url, process, log)
-        yield Server(base_url, process, log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+    env = service_env(VSEPP_BATCH_WINDOW_MS="2")
+    with serve_subprocess(service_command(port, *real_dirs), port=port, log=log, env=env) as live:
+        yield live
 
 
-def _wait_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    last = "no answer"
-    saw_503 = False
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            response = httpx.get(f"{base_url}/health", timeout=2.0)
-        except httpx.TransportError as exc:
-            last = repr(exc)
-        else:
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code} {response.text}"
-            saw_503 = saw_503 or response.status_code == 503
-            if response.json().get("status") == "error":
-                raise AssertionError(f"loading failed: {last}\n{log.read_text()}")
-        time.sleep(0.25)
-    raise AssertionError(f"not healthy after {STARTUP_TIMEOUT_S}s ({last}):\n{log.read_text()}")
-
-
-def test_both_searches_over_http(server: Server, real_dirs: tuple[Path, Path]) -> None:
+def test_both_searches_over_http(server: LiveServer, real_dirs: tuple[Path, Path]) -> None:
     with httpx.Client(base_url=server.base_url, timeout=60.0) as http:
         health = http.get("/health").json()
         assert health["status"] == "ok"

@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +24,11 @@ from tests.service_helpers import (
     free_port,
     hammer_text_search,
     image_bytes,
+    serve_subprocess,
+    service_command,
+    service_env,
     uvicorn_in_thread,
+    wait_for,
     wait_healthy,
 )
 
@@ -59,14 +59,6 @@ def _build(model_dir: Path, images_dir: Path, index_dir: Path) -> str:
     return build_id
 
 
-def _wait_for(check: Callable[[], bool], what: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_the_watcher_swaps_in_a_rebuilt_index_and_keeps_it_over_a_broken_one(
     demo_model_dir: Path,
     folders: dict[str, Path],
@@ -86,7 +78,7 @@ def test_the_watcher_swaps_in_a_rebuilt_index_and_keeps_it_over_a_broken_one(
         def serving() -> Any:
             return client.get("/health").json()["index"]["build_id"]
 
-        _wait_for(lambda: serving() == second, "the watcher to load the rebuilt index")
+        wait_for(lambda: serving() == second, "the watcher to load the rebuilt index")
         hits = client.post("/search/text", json={"query": "a picture", "k": K}).json()["results"]
         assert {h["image_id"] for h in hits} <= {p.name for p in folders["second"].iterdir()}
         # A broken rebuild is refused once; the rebuilt index keeps serving.
@@ -98,9 +90,14 @@ def test_the_watcher_swaps_in_a_rebuilt_index_and_keeps_it_over_a_broken_one(
         def refused() -> Any:
             return client.get("/health").json()["reload"]["last_error"]
 
+        def checks() -> int:
+            return int(client.get("/health").json()["reload"]["checks"])
+
         with caplog.at_level(logging.ERROR, logger="service.state"):
-            _wait_for(lambda: bool(refused()), "the watcher to refuse the broken index")
-            time.sleep(1.0)  # five more intervals: the refused build is not tried again
+            wait_for(lambda: bool(refused()), "the watcher to refuse the broken index")
+            # Five more passes of the watcher: the refused build is not tried again.
+            after = checks() + 5
+            wait_for(lambda: checks() >= after, "five more passes of the watcher")
         assert sum("reload refused" in r.getMessage() for r in caplog.records) == 1
         health = client.get("/health").json()
         assert health["index"]["build_id"] == second and health["reload"]["reloads"] == 1
@@ -132,54 +129,50 @@ def test_every_worker_reloads_in_place_under_load(
     builds = [_build(demo_model_dir, folders["first"], live)]
     ids = {name: {p.name for p in path.iterdir()} for name, path in folders.items()}
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "server.log").open("w")  # a file: a pipe would fill up and stall it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VSEPP_")}
-    env.update(PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3", VSEPP_ADMIN_TOKEN=TOKEN)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port), "--workers", "2",
-         "--model_dir", str(demo_model_dir), "--index_dir", str(live)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
-    )  # fmt: skip
+    log = tmp_path / "server.log"
+    command = service_command(port, demo_model_dir, live, "--workers", "2")
+    env = service_env(TF_CPP_MIN_LOG_LEVEL="3", VSEPP_ADMIN_TOKEN=TOKEN)
     answers: list[list[str]] = []
     errors: list[str] = []
     stop = threading.Event()
-    threads = [
-        threading.Thread(target=hammer_text_search, args=(base, stop, answers, errors),
-                         kwargs={"k": K, "limit": 2000})
-        for _ in range(16)
-    ]  # fmt: skip
-    try:
-        with httpx.Client(base_url=base, timeout=30) as client:
-            wait_healthy(client)
-        workers = _worker_builds(base)
-        assert len(workers) == 2 and set(workers.values()) == {builds[0]}, workers
-        for t in threads:
-            t.start()
-        time.sleep(1.0)
-        # SIGHUP to the parent: each worker loads the rebuilt index itself.
-        builds.append(_build(demo_model_dir, folders["second"], live))
-        server.send_signal(signal.SIGHUP)
-        _wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[1]),
-                  "both workers to serve the second build")  # fmt: skip
-        time.sleep(1.0)
-        # POST /admin/reload reaches one worker; the other follows.
-        builds.append(_build(demo_model_dir, folders["third"], live))
-        with httpx.Client(base_url=base, timeout=60) as admin:
-            r = admin.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert r.status_code == 200 and r.json()["build_id"] == builds[2], r.text
-        _wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[2]),
-                  "both workers to serve the third build")  # fmt: skip
-        time.sleep(1.0)
-    finally:
-        stop.set()
-        for t in threads:
-            if t.ident is not None:  # started: an early failure leaves some unstarted
-                t.join(timeout=60)
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
-        log.close()
-    stderr = (tmp_path / "server.log").read_text()
+
+    def answered_from(name: str) -> bool:
+        """Some search has been answered from the index of folder `name`."""
+        return any(set(a) <= ids[name] and len(a) == K for a in list(answers))
+
+    with serve_subprocess(command, port=port, log=log, env=env) as server:
+        base = server.base_url
+        threads = [
+            threading.Thread(target=hammer_text_search, args=(base, stop, answers, errors),
+                             kwargs={"k": K, "limit": 2000})
+            for _ in range(16)
+        ]  # fmt: skip
+        try:
+            workers = _worker_builds(base)
+            assert len(workers) == 2 and set(workers.values()) == {builds[0]}, workers
+            for t in threads:
+                t.start()
+            wait_for(lambda: answered_from("first"), "an answer from the first build")
+            # SIGHUP to the parent: each worker loads the rebuilt index itself.
+            builds.append(_build(demo_model_dir, folders["second"], live))
+            server.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[1]),
+                      "both workers to serve the second build")  # fmt: skip
+            wait_for(lambda: answered_from("second"), "an answer from the second build")
+            # POST /admin/reload reaches one worker; the other follows.
+            builds.append(_build(demo_model_dir, folders["third"], live))
+            with httpx.Client(base_url=base, timeout=60) as admin:
+                r = admin.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert r.status_code == 200 and r.json()["build_id"] == builds[2], r.text
+            wait_for(lambda: _worker_builds(base) == dict.fromkeys(workers, builds[2]),
+                      "both workers to serve the third build")  # fmt: skip
+            wait_for(lambda: answered_from("third"), "an answer from the third build")
+        finally:
+            stop.set()
+            for t in threads:
+                if t.ident is not None:  # started: an early failure leaves some unstarted
+                    t.join(timeout=60)
+    stderr = log.read_text()
     assert errors == [], errors[:5]
     # Each answer comes whole from one of the three indexes, and each of them served.
     by_index = [[name for name, own in ids.items() if set(a) <= own and len(a) == K]

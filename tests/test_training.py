@@ -259,6 +259,24 @@ def _checkpoint_step(model_dir: Path) -> int:
     return int(line.rsplit("-", 1)[1].strip('"'))
 
 
+def _kill_once_checkpointed(argv: list[str], run: Path, at_step: int) -> int:
+    """Run the training command `argv`, SIGKILL it once its checkpoint in `run` has reached
+    `at_step` (within 240 s), and return the step of its last checkpoint."""
+    proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    try:
+        while _checkpoint_step(run) < at_step and time.monotonic() < deadline:
+            assert proc.poll() is None, "training ended before it could be killed"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return _checkpoint_step(run)
+
+
 @pytest.mark.slow
 def test_resume_after_a_kill_loses_at_most_the_steps_since_the_checkpoint(
     demo_data_dir: Path, tmp_path: Path
@@ -268,20 +286,8 @@ def test_resume_after_a_kill_loses_at_most_the_steps_since_the_checkpoint(
             *TINY_TRAIN_FLAGS, "--epochs", "2", "--checkpoint_every", "3",
             "--max_violation_after", "1", "--lr_update", "1",
             "--save_model_path", str(run)]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 240
-    try:
-        # 2000 pairs / batch 50 = 40 steps an epoch: kill inside the first epoch.
-        while _checkpoint_step(run) < 6 and time.monotonic() < deadline:
-            assert proc.poll() is None, "training ended before it could be killed"
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    killed_at = _checkpoint_step(run)
+    # 2000 pairs / batch 50 = 40 steps an epoch: kill inside the first epoch.
+    killed_at = _kill_once_checkpointed(argv, run, at_step=6)
     assert 6 <= killed_at < 40, killed_at
     assert not (run / "manifest.json").exists()  # no epoch finished, nothing exported
 
@@ -662,19 +668,7 @@ def test_resume_from_the_frozen_phase_into_finetuning(tmp_path: Path, started: s
               "--checkpoint_every", "2", "--learning_rate", "1e-3",
               "--save_model_path", str(run)]  # fmt: skip
     first = [*common, "--finetune_after", "1"] if started == "with_finetune_after" else common
-    proc = subprocess.Popen(first, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 240
-    try:
-        while _checkpoint_step(run) < 2 and time.monotonic() < deadline:
-            assert proc.poll() is None, "training ended before it could be killed"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    killed_at = _checkpoint_step(run)
+    killed_at = _kill_once_checkpointed(first, run, at_step=2)
     assert 2 <= killed_at < 10, killed_at  # inside the frozen first epoch
     killed = tf.train.latest_checkpoint(str(run / "train_state"))
     vocab_size = len(json.loads((run / "vocab.json").read_text())["tokens"])
