@@ -481,10 +481,12 @@ def exact_vectors(index: faiss.Index) -> np.ndarray | None:
     return np.asarray(idx.reconstruct_n(0, n), dtype=np.float32)
 
 
-# A selection of at most this many rows is searched exactly: a product over the selected
-# vectors (reconstructed by the index) instead of the graph or the lists, which at a few
-# selected rows in many would find few of them (an HNSW walk mostly meets unselected nodes).
-EXACT_SELECTED_ROWS = 32_768
+# A selection of at most this many rows is searched exactly by an approximate index: a
+# product over the selected vectors (reconstructed by the index) instead of the graph or the
+# lists, which at a few selected rows in many would find few of them (an HNSW walk mostly
+# meets unselected nodes). A flat index is exact with the selector at any size, and cheaper:
+# each row it skips costs a bitmap test.
+EXACT_SELECTED_ROWS = 4096
 _DIRECT_MAP = threading.Lock()
 _FAISS: Any = faiss  # the search-parameter classes have no type stubs
 
@@ -500,12 +502,13 @@ def search_selected(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top k of `queries` (unit rows) among the rows where `mask` is True.
 
-    Few selected rows (<= `exact_rows`): exact scores over their vectors (`stored`, the
-    exact vectors when the index keeps only codes, or reconstructed: an IVF gets its id map
-    once). More: FAISS itself skips the other rows during the search (an `IDSelectorBitmap`
-    in the search parameters; never a wider search whose results are dropped), with efSearch
-    / nprobe raised by the inverse of the selected fraction so that the selected neighbours
-    are still reached. (scores [n, k], rows [n, k]) like `index.search`, padded with -1.
+    FAISS itself skips the other rows during the search (an `IDSelectorBitmap` in the search
+    parameters; never a wider search whose results are dropped), with efSearch / nprobe
+    raised by twice the inverse of the selected fraction so that the selected neighbours are
+    still reached. An approximate index with few selected rows (<= `exact_rows`) scores them
+    exactly instead, over their vectors (`stored`, the exact vectors when the index keeps only
+    codes, or reconstructed: an IVF gets its id map once). (scores [n, k], rows [n, k]) like
+    `index.search`, padded with -1.
     """
     n = int(index.ntotal)
     if mask.shape != (n,):
@@ -514,7 +517,8 @@ def search_selected(
     k = min(k, len(rows))
     if k == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-    if len(rows) <= exact_rows:
+    flat = isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+    if len(rows) <= exact_rows and not flat:
         vectors = stored[rows] if stored is not None else _reconstructed(index, rows)
         if vectors is not None:
             return _exact_top(queries, np.asarray(vectors, np.float32), rows, k)

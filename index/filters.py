@@ -19,6 +19,7 @@ EXIF date, a list row with an empty cell) matches no comparison, only ``exists: 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -58,7 +59,10 @@ class Field:
 
 
 class Condition:
-    """A parsed condition; `mask` evaluates it on the records table."""
+    """A parsed condition; `mask` evaluates it on the records table. `key` is the condition
+    as canonical JSON (set by `parse`): equal keys select the same rows of one table."""
+
+    key: str = ""
 
     def mask(self, table: pa.Table) -> np.ndarray:
         """bool [rows]: which rows satisfy the condition."""
@@ -118,7 +122,9 @@ def parse(condition: Any, fields: Mapping[str, Field], where: str = "filter") ->
     a condition of this language (unknown field or operator, a value of the wrong type, a
     malformed date, too deep or too long)."""
     leaves = [0]
-    return _parse(condition, fields, where, 1, leaves)
+    parsed = _parse(condition, fields, where, 1, leaves)
+    object.__setattr__(parsed, "key", json.dumps(condition, sort_keys=True, separators=(",", ":")))
+    return parsed
 
 
 def _parse(

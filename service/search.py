@@ -5,6 +5,8 @@ Everything here runs in worker threads (never on the event loop) and knows nothi
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,8 @@ from service.imaging import canonical_upload, rejected
 from service.metrics import Metrics
 from vsepp.images import CanonicalImage, ImageFileError
 from vsepp.model_dir import EncodersLike, jpeg_min_side
+
+MASKS_KEPT = 8  # filter masks kept per engine (a bool per image each)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,24 @@ class SearchEngine:
         self.encoders = encoders
         self.index = index
         self.metrics = metrics
+        # The last masks by condition: a page sends one filter with query after query, and
+        # evaluating it costs a pass over every record. Per engine, so per loaded index.
+        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._masks_lock = threading.Lock()
+
+    def image_mask(self, where: Condition) -> np.ndarray:
+        """bool per image: the images `where` keeps (cached by condition)."""
+        with self._masks_lock:
+            mask = self._masks.get(where.key)
+            if mask is not None:
+                self._masks.move_to_end(where.key)
+                return mask
+        mask = image_mask(self.index, where)
+        with self._masks_lock:
+            self._masks[where.key] = mask
+            while len(self._masks) > MASKS_KEPT:
+                self._masks.popitem(last=False)
+        return mask
 
     def search_texts(self, queries: list[TextQuery]) -> list[TextHits]:
         """Encode a batch of text queries in one call and search their images in one call.
@@ -135,7 +157,7 @@ class SearchEngine:
         with self.metrics.stage("search", "image"):
             if where is None:
                 return Hits(top_captions(self.index, vector, k)[0])
-            mask = caption_mask(self.index, image_mask(self.index, where))
+            mask = caption_mask(self.index, self.image_mask(where))
             return Hits(top_captions(self.index, vector, k, mask)[0], int(mask.sum()))
 
     def search_images(
@@ -145,5 +167,5 @@ class SearchEngine:
         with self.metrics.stage("search", kind):
             if where is None:
                 return Hits(top_images(self.index, vector, k)[0])
-            mask = image_mask(self.index, where)
+            mask = self.image_mask(where)
             return Hits(top_images(self.index, vector, k, mask)[0], int(mask.sum()))
