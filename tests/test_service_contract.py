@@ -50,7 +50,8 @@ def live(demo_dirs: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory)
     log = tmp_path_factory.mktemp("contract") / "server.log"
     # Admin on: schemathesis sends the token, so POST /admin/reload really reloads.
     admin = {"VSEPP_ADMIN_TOKEN": ADMIN_TOKEN}
-    with service(*demo_dirs, log, "--log-level", "warning", **admin) as base_url:
+    model_dir, index_dir = demo_dirs
+    with service(model_dir, index_dir, log, "--log-level", "warning", **admin) as base_url:
         yield base_url
 
 
