@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -37,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.evaluation_reference import naive_i2t, naive_t2i
 from vsepp.evaluation import (
     CAPTIONS_PER_IMAGE,
     DEFAULT_MAX_BYTES,
@@ -48,32 +52,6 @@ from vsepp.evaluation import (
 )
 
 ORIGINAL_SCRIPT = Path(__file__).resolve().with_name("original_evaluation.py")
-
-
-def naive_i2t(images: np.ndarray, captions: np.ndarray) -> np.ndarray:
-    """The original's i2t loop (cosine), images given once, stable sort for its tie rule."""
-    ranks = np.zeros(images.shape[0])
-    for index in range(images.shape[0]):
-        d = np.dot(images[index].reshape(1, -1), captions.T).flatten()
-        inds = np.argsort(d, kind="stable")[::-1]
-        rank = 1e20
-        for i in range(5 * index, 5 * index + 5):
-            tmp = np.where(inds == i)[0][0]
-            if tmp < rank:
-                rank = tmp
-        ranks[index] = rank
-    return ranks
-
-
-def naive_t2i(images: np.ndarray, captions: np.ndarray) -> np.ndarray:
-    """The original's t2i loop (cosine)."""
-    ranks = np.zeros(captions.shape[0])
-    for index in range(images.shape[0]):
-        d = np.dot(captions[5 * index : 5 * index + 5], images.T)
-        for i in range(len(d)):
-            inds = np.argsort(d[i], kind="stable")[::-1]
-            ranks[5 * index + i] = np.where(inds == index)[0][0]
-    return ranks
 
 
 def make_embeddings(

@@ -9,7 +9,17 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 
 from index.filters import Condition, FilterError, parse
 from index.search import Ranked, by_capture_time, collapsed, filter_fields
@@ -128,6 +138,34 @@ async def _no_empty_fields(request: Request, names: tuple[str, ...]) -> None:
             raise invalid(("body", name), f"{name} is empty: give a number or leave it out", "")
 
 
+@dataclass(frozen=True)
+class ImageQuery:
+    """The options of an image search given in a URL (GET forms)."""
+
+    filter: str | None
+    min_score: float | None
+    sort: Sort
+    collapse: bool
+
+    def narrowing(self, backend: Backend) -> Narrowing:
+        return narrowing(
+            backend, filter_param(self.filter), self.min_score, self.sort, self.collapse
+        )
+
+
+def image_query(
+    filter: FilterQuery = None,
+    min_score: MinScoreQuery = None,
+    sort: SortQuery = "score",
+    collapse: CollapseQuery = False,
+) -> ImageQuery:
+    """FastAPI dependency: the URL options of /search/text and /search/image-to-image."""
+    return ImageQuery(filter, min_score, sort, collapse)
+
+
+ImageQueryDep = Annotated[ImageQuery, Depends(image_query)]
+
+
 def filter_param(text: str | None) -> dict[str, Any] | None:
     """The `filter` of a GET or multipart form: JSON text, or 400."""
     if text is None:
@@ -228,19 +266,16 @@ async def search_text_get(
     backend: BackendDep,
     settings: SettingsDep,
     q: Annotated[str, Query(min_length=1, description="The sentence.")],
+    options: ImageQueryDep,
     k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
     offset: Annotated[int, Query(ge=0, description="Results to skip (paging).")] = 0,
-    filter: FilterQuery = None,
-    min_score: MinScoreQuery = None,
-    sort: SortQuery = "score",
-    collapse: CollapseQuery = False,
 ) -> Response:
     """The same search as POST /search/text, as a link: /search/text?q=a+dog&k=10."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
     skip = resolve_offset(offset, settings, ("query", "offset"))
     query = check_text(q, settings, ("query", "q"), "query")
-    narrow = narrowing(backend, filter_param(filter), min_score, sort, collapse)
+    narrow = options.narrowing(backend)
     return await _text_search(request, backend, settings, query, k_used, start, skip, narrow)
 
 
@@ -351,18 +386,15 @@ async def search_indexed_image_images(
     settings: SettingsDep,
     state: StateDep,
     image_id: Annotated[str, Query(min_length=1, description="An image_id of the index.")],
+    options: ImageQueryDep,
     k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
     offset: Annotated[int, Query(ge=0, description="Results to skip (paging).")] = 0,
-    filter: FilterQuery = None,
-    min_score: MinScoreQuery = None,
-    sort: SortQuery = "score",
-    collapse: CollapseQuery = False,
 ) -> ImageToImageResponse:
     """Images of the index nearest to one of its images."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
     skip = resolve_offset(offset, settings, ("query", "offset"))
-    narrow = narrowing(backend, filter_param(filter), min_score, sort, collapse)
+    narrow = options.narrowing(backend)
     row = _row_of(backend, image_id)
     vector = await _indexed_image_vector(backend, state, row)
     hits = await anyio.to_thread.run_sync(
