@@ -71,7 +71,7 @@ from index.records import (
     ImageRecord,
     image_table,
 )
-from vsepp.atomic import atomic_directory, old_prefix
+from vsepp.atomic import atomic_directory, old_prefix, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +346,40 @@ def write_index_dir(
                 _place_image(previous_dir / IMAGES_DIR / rel, tmp / IMAGES_DIR / rel, link=True)
         _finish_manifest(tmp, manifest)
     log.info("wrote %s: %d images, %d captions", target, n_images, caption_rows.num_rows)
+    return manifest
+
+
+def convert_index_dir(target: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Rewrite an index of the JSON format ("vsepp-index/1") in the Arrow one, atomically:
+    the records become images.arrow and captions.arrow, every other file (FAISS indexes,
+    on-disk lists, vectors, image copies) is hard-linked (copied across file systems). The
+    manifest keeps its facts under a new build_id, with `converted_from`. Returns the new
+    manifest, None for an index already in the Arrow format."""
+    index_dir = Path(target).absolute()
+    with writer_lock(index_dir):
+        old = load_index(index_dir, mmap=False)
+        if old.manifest["format"] == FORMAT:
+            return None
+        manifest = {k: v for k, v in old.manifest.items() if k != "files"}
+        converted = {
+            "format": old.manifest["format"],
+            "build_id": old.manifest.get("build_id"),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        manifest.update(format=FORMAT, build_id=uuid.uuid4().hex, converted_from=converted)
+        with atomic_directory(index_dir, locked=True) as tmp:
+            for name in old.manifest["files"]:
+                if name not in JSON_META_FILES.values():
+                    _place_image(index_dir / name, tmp / name, link=True)
+            _write_records(tmp, old._records, old._caption_records)
+            (tmp / IMAGES_DIR).mkdir()
+            for image_id, rel in _stored_paths(old._records):
+                if (index_dir / IMAGES_DIR / rel).exists():
+                    _place_image(index_dir / IMAGES_DIR / rel, tmp / IMAGES_DIR / rel, link=True)
+                else:
+                    log.warning("%s: the stored copy of %r is missing", index_dir, image_id)
+            _finish_manifest(tmp, manifest)
+    log.info("converted %s to %s", index_dir, FORMAT)
     return manifest
 
 
