@@ -36,10 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 DIM = 8
 
 
-def rss_anon_kib() -> int:
-    """This process's anonymous resident memory (KiB)."""
+def rss_anon_kib(field: str = "RssAnon") -> int:
+    """This process's anonymous resident memory (KiB); `field` "RssFile": its resident
+    file-backed pages (the mapped records: page cache, shared with other processes)."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
     return -1
 
@@ -82,6 +83,7 @@ def load(index_dir: Path) -> dict[str, Any]:
         "rss_anon_after_mib": round(after / 1024, 1),
         "rss_anon_load_mib": round((after - before) / 1024, 1),
         "rss_anon_end_mib": round(rss_anon_kib() / 1024, 1),
+        "rss_file_end_mib": round(rss_anon_kib("RssFile") / 1024, 1),
         "image_row_us": round(lookup_us, 1),
         "record_us": round(record_us, 1),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
