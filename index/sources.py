@@ -280,6 +280,8 @@ _ISO = re.compile(
     r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 )
 _INT64 = (-(2**63), 2**63 - 1)
+# "02139", "007": a code with leading zeros is text, not a number (its zeros would be lost).
+_LEADING_ZERO = re.compile(r"^[+-]?0\d")
 
 
 def _instant(text: str) -> dt.datetime | None:
@@ -299,6 +301,8 @@ def _fits(value: Any, kind: Kind, text: bool) -> bool:
         cell = value.strip()
         if kind == "bool":
             return cell.lower() in ("true", "false")
+        if kind in ("int", "float") and _LEADING_ZERO.match(cell):
+            return False
         if kind == "int":
             return bool(_INT.match(cell)) and _INT64[0] <= int(cell) <= _INT64[1]
         if kind == "float":
@@ -331,7 +335,8 @@ def column_kinds(
     """The type of every column over all of `rows`, by one deterministic rule: the first of
     bool, int, float, timestamp (ISO 8601 text) that every non-empty value of the column
     fits, else string (a mixed column). Empty cells and nulls fit any type. `text`: the
-    values are CSV cells (text); otherwise JSON values, whose own types count."""
+    values are CSV cells (text; a number with leading zeros, "02139", is text); otherwise
+    JSON values, whose own types count."""
     left: dict[str, list[Kind]] = {}
     skipped = set(skip)
     for row in rows:

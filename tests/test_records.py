@@ -241,6 +241,8 @@ def test_csv_columns_are_typed_over_the_whole_column(tmp_path: Path) -> None:
     assert column_kinds([{"v": "1"}, {"v": "2"}, {"v": "x"}], text=True) == {"v": "string"}
     assert column_kinds([{"v": "1"}, {"v": "2.5"}], text=True) == {"v": "float"}
     assert column_kinds([{"v": ""}], text=True) == {"v": "bool"}  # no value: any type fits
+    assert column_kinds([{"zip": "02139"}, {"zip": "94110"}], text=True) == {"zip": "string"}
+    assert column_kinds([{"v": "0"}, {"v": "0.5"}, {"v": "-3"}], text=True) == {"v": "float"}
 
 
 def test_jsonl_values_keep_their_json_types(tmp_path: Path) -> None:
