@@ -120,7 +120,7 @@ class CaptionRecord:
     """One caption's record (a row of captions.arrow)."""
 
     caption_id: str  # "IMAGE_ID#n", n counting that image's captions from 0; "corpus#n"
-    image_row: int  # row of its image in images.json / images.faiss; -1: tied to no image
+    image_row: int  # row of its image in images.arrow / images.faiss; -1: tied to no image
     text: str  # the raw caption
 
 
