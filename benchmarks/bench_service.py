@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pyarrow as pa
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # the benchmark never leaves this machine
@@ -104,12 +105,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def load_workload(index_dir: Path, seed: int) -> tuple[list[str], list[tuple[str, bytes]]]:
     """Captions of the index as text queries and its stored images as uploads."""
     rng = random.Random(seed)
-    captions = [c["text"] for c in json.loads((index_dir / "captions.json").read_text())]
+    if (index_dir / "captions.arrow").is_file():  # the columnar records (vsepp-index/2)
+        captions = pa.ipc.open_file(index_dir / "captions.arrow").read_all()["text"].to_pylist()
+        paths = pa.ipc.open_file(index_dir / "images.arrow").read_all()["path"].to_pylist()
+    else:  # an index of the JSON format of before
+        captions = [c["text"] for c in json.loads((index_dir / "captions.json").read_text())]
+        paths = [r.get("path") for r in json.loads((index_dir / "images.json").read_text())]
     rng.shuffle(captions)
     images = []
-    for record in json.loads((index_dir / "images.json").read_text()):
-        if record.get("path"):
-            path = index_dir / "images" / record["path"]
+    for rel in paths:
+        if rel:
+            path = index_dir / "images" / rel
             if path.is_file():
                 images.append((path.name, path.read_bytes()))
         if len(images) >= 64:

@@ -1,6 +1,6 @@
 """`vsepp-index COMMAND ...` (or `python -m index COMMAND ...`): the index programs in one.
 
-COMMAND is build, add, remove, query, evaluate or beam_embed; the rest of the line goes to
+COMMAND is build, add, remove, query, evaluate, beam_embed or convert; the rest of the line goes to
 that program, exactly as `python -m index.COMMAND` takes it.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from index import add, beam_embed, build, evaluate, query, remove
+from index import add, beam_embed, build, convert, evaluate, query, remove
 from vsepp.cli import USAGE_ERROR
 
 COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
@@ -19,6 +19,7 @@ COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
     "evaluate": evaluate.main,
     "remove": remove.main,
     "beam_embed": beam_embed.main,
+    "convert": convert.main,
 }
 
 

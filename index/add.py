@@ -78,12 +78,14 @@ def add_collection(args: argparse.Namespace, encoders: EncodersLike) -> dict[str
     index_dir = Path(args.index_dir)
     check_built_with(index_dir, read_manifest(index_dir), encoders.model_hash, encoders.embed_dim)
     require_cosine(encoders.manifest)
-    loaded = load_index(index_dir)
-    present = set(loaded.image_ids) | set(loaded.images_by_alias)
-    del loaded
+    loaded = load_index(index_dir)  # its records mapped: looked up, not held as a set
+
+    def present(image_id: str) -> bool:
+        return loaded.image_row(image_id) is not None or image_id in loaded.images_by_alias
+
     # No image source: only --captions, a corpus for an index of images alone.
     given = args.images_dir is not None or args.list is not None
-    items = (i for i in collection_items(args) if i.image_id not in present) if given else iter(())
+    items = (i for i in collection_items(args) if not present(i.image_id)) if given else iter(())
     # The shards of this run live beside the index, on its file system, and go afterwards.
     shards = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.add-", dir=index_dir.parent))
     try:

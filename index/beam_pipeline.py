@@ -108,7 +108,7 @@ def hash_shard(
     """(sha256, (position, image_id, shard)) of every file of the shard the decoder takes."""
     number, items = task
     for i, item in enumerate(items):
-        _, digest, _, _, reason = prepare_file(os.fsencode(item.path), max_pixels, min_side)
+        _, digest, _, _, reason, _ = prepare_file(os.fsencode(item.path), max_pixels, min_side)
         if not reason:
             yield digest.decode(), (number * shard_size + i, item.image_id, number)
 
@@ -150,10 +150,10 @@ class EmbedShard(_WithEncoders):
         assert self.encoders is not None, "setup() loads the encoders"
         writer = ShardWriter(self.encoders, self.root, number, self.batch_size)
         min_side = jpeg_min_side(self.encoders.manifest)
-        for item, data, digest, width, height, reason in prepared(items, self.max_pixels, min_side):
+        for item, facts in prepared(items, self.max_pixels, min_side):
             writer.take(
                 item,
-                (data, digest, width, height, reason),
+                facts,
                 lambda _digest, image_id: originals.get(image_id, image_id),
             )
         writer.write()

@@ -9,6 +9,7 @@ padding (row -1, where an approximate index found fewer than k) is dropped; `ima
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 
 from index.filters import Condition, Field
 from index.records import filter_fields as record_fields
+from index.records import folder_of
 from index.store import LoadedIndex
 from vsepp.model_dir import EncodersLike
 
@@ -31,7 +33,14 @@ class ImageHit:
     captions: list[str]  # the image's own captions in the index
     width: int | None = None  # upright size, where the index knows it
     height: int | None = None
-    meta: dict[str, Any] | None = None  # the list file's other columns
+    meta: dict[str, Any] | None = None  # the list file's other columns (timestamps as ISO text)
+    folder: str = ""  # the id's directory, "" at the top
+    taken_at: str | None = None  # capture time, ISO 8601 in UTC (`index.capture`)
+    taken_at_source: str | None = None  # "exif" or "mtime"
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lat: float | None = None  # signed decimal degrees
+    lon: float | None = None
 
 
 @dataclass(frozen=True)
@@ -157,10 +166,24 @@ def image_hits(index: LoadedIndex, found: Ranked, *, first_rank: int = 1) -> lis
                 index.captions_of(int(row)),
                 record.width,
                 record.height,
-                record.meta,
+                _plain(record.meta),
+                folder_of(record.image_id),
+                None if record.taken_at is None else record.taken_at.isoformat(),
+                record.taken_at_source,
+                record.camera_make,
+                record.camera_model,
+                record.lat,
+                record.lon,
             )
         )
     return out
+
+
+def _plain(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A record's list columns as JSON holds them: timestamps as ISO 8601 text."""
+    if meta is None:
+        return None
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in meta.items()}
 
 
 def caption_hits(index: LoadedIndex, found: Ranked, *, first_rank: int = 1) -> list[CaptionHit]:

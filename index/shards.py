@@ -7,8 +7,10 @@ SHARDS_DIR/
   shard-00000.npy           float32 [m, D]: the shard's image vectors, row i = images[i]
   shard-00000.captions.npy  float32 [c, D]: its images' own captions, in record order
   shard-00000.json          {"images": [{"image_id", "file", "sha256", "width", "height",
-                              "meta", "captions"}], "seen": [ids], "skipped": [{"image_id",
-                              "reason"}], "duplicates": [{"image_id", "of"}]}  (written last)
+                              "meta", "captions", "taken_at"?, "taken_at_source"?,
+                              "camera_make"?, "camera_model"?, "lat"?, "lon"?}], "seen": [ids],
+                              "skipped": [{"image_id", "reason"}], "duplicates": [{"image_id",
+                              "of"}]}  (written last; the capture fields: `index.capture`)
   corpus.npy, corpus.json   captions tied to no image (--captions), when given
 ```
 
@@ -39,9 +41,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from index.capture import FIELDS as CAPTURE_FIELDS
+from index.capture import capture_facts
 from index.faiss_index import normalize
-from index.sources import SourceImage
-from index.store import NewCaption, NewImage
+from index.sources import SourceImage, decode_meta, encode_meta
+from index.store import NewCaption, NewImage, capture_of
 from index.streaming import ChunkSource, VectorSource
 from vsepp.atomic import write_bytes_atomic, write_json_atomic
 from vsepp.embed import embed_blobs, embed_texts
@@ -103,23 +107,35 @@ def shard_name(n: int, suffix: str) -> str:
 
 def prepare_file(
     path: bytes, max_pixels: int, min_side: int | None
-) -> tuple[bytes, bytes, int, int, bytes]:
-    """(canonical bytes, sha256 of the file, width, height, b"" or the reason it is unusable)."""
+) -> tuple[bytes, bytes, int, int, bytes, bytes]:
+    """(canonical bytes, sha256 of the file, width, height, b"" or the reason it is unusable,
+    the capture fields as JSON: `index.capture`). Bytes only, for tf.numpy_function."""
     try:
-        raw = Path(os.fsdecode(path)).read_bytes()
+        file = Path(os.fsdecode(path))
+        raw = file.read_bytes()
+        mtime_ns: int | None = file.stat().st_mtime_ns
     except OSError as e:
-        return b"", b"", 0, 0, f"unreadable: {e.strerror or e}".encode()
+        return b"", b"", 0, 0, f"unreadable: {e.strerror or e}".encode(), b"{}"
     digest = hashlib.sha256(raw).hexdigest().encode()
     try:
         image = canonical_image(raw, max_pixels=max_pixels, min_side=min_side)
     except ImageFileError as e:
-        return b"", digest, 0, 0, f"{e.reason}: {e}".encode()
-    return image.data, digest, image.width, image.height, b""
+        return b"", digest, 0, 0, f"{e.reason}: {e}".encode(), b"{}"
+    capture = json.dumps(capture_facts(raw, mtime_ns), sort_keys=True).encode()
+    return image.data, digest, image.width, image.height, b"", capture
+
+
+def _capture(text: bytes) -> dict[str, Any]:
+    value = json.loads(text or b"{}")
+    return value if isinstance(value, dict) else {}
+
+
+Prepared = tuple[bytes, str, int, int, str, dict[str, Any]]  # data, sha256, w, h, reason, capture
 
 
 def prepared(
     items: Iterable[SourceImage], max_pixels: int, min_side: int | None
-) -> Iterator[tuple[SourceImage, bytes, str, int, int, str]]:
+) -> Iterator[tuple[SourceImage, Prepared]]:
     """The items with their files read and canonicalised, in order, in parallel (tf.data)."""
     import tensorflow as tf
 
@@ -139,11 +155,11 @@ def prepared(
     def prepare(path: tf.Tensor) -> tuple[tf.Tensor, ...]:
         out = tf.numpy_function(
             lambda p: tuple(
-                np.asarray(v, dtype=object if k in (0, 1, 4) else np.int32)
+                np.asarray(v, dtype=object if k in (0, 1, 4, 5) else np.int32)
                 for k, v in enumerate(prepare_file(bytes(p), max_pixels, min_side))
             ),
             [path],
-            [tf.string, tf.string, tf.int32, tf.int32, tf.string],
+            [tf.string, tf.string, tf.int32, tf.int32, tf.string, tf.string],
             stateful=False,
         )
         return tuple(tf.reshape(t, []) for t in out)
@@ -155,9 +171,10 @@ def prepared(
     ds = ds.map(
         lambda i, p: (i, *prepare(p)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     ).prefetch(tf.data.AUTOTUNE)
-    for i, data, digest, width, height, reason in ds.as_numpy_iterator():
+    for i, data, digest, width, height, reason, capture in ds.as_numpy_iterator():
         item = pending.pop(int(i))
-        yield item, data, digest.decode(), int(width), int(height), reason.decode()
+        facts = _capture(capture)
+        yield item, (data, digest.decode(), int(width), int(height), reason.decode(), facts)
     if failed:
         raise failed[0]
 
@@ -178,11 +195,11 @@ class ShardWriter:
     def take(
         self,
         item: SourceImage,
-        prepared: tuple[bytes, str, int, int, str],
+        prepared: Prepared,
         original: Originals,
     ) -> None:
         """Account for one source image: skipped, a duplicate, or embedded (batched)."""
-        data, digest, width, height, reason = prepared
+        data, digest, width, height, reason, capture = prepared
         self.seen.append(item.image_id)
         if reason:
             log.warning("skipping image %s (%s): %s", item.image_id, item.path, reason)
@@ -198,8 +215,9 @@ class ShardWriter:
             "sha256": digest,
             "width": width,
             "height": height,
-            "meta": item.meta,
+            "meta": encode_meta(item.meta),
             "captions": list(item.captions),
+            **{k: capture[k] for k in CAPTURE_FIELDS if capture.get(k) is not None},
         }
         self._batch.append((record, data))
         if len(self._batch) >= self.batch_size:
@@ -359,8 +377,8 @@ def _embed(
     builder = ShardWriter(encoders, root, len(done), batch_size)
     with tqdm(desc="images", unit="img", disable=None) as bar:
         min_side = jpeg_min_side(encoders.manifest)
-        for item, data, digest, width, height, reason in prepared(todo, max_pixels, min_side):
-            builder.take(item, (data, digest, width, height, reason), original)
+        for item, facts in prepared(todo, max_pixels, min_side):
+            builder.take(item, facts, original)
             bar.update(1)
             if len(builder.seen) >= shard_size:
                 count_shard(summary, builder.write())
@@ -555,9 +573,10 @@ def collect_shards(
             Path(r["file"]) if copy_images else None,
             r["width"],
             r["height"],
-            r["meta"] or None,
+            decode_meta(r["meta"]) or None,
             tuple(aliases.get(r["image_id"], ())),
             r["file"],
+            **capture_of(r),
         )
         for r in records
     ]

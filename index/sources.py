@@ -9,14 +9,15 @@ line; problems with one image file are the builder's to skip and record.
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 from vsepp.images import IMAGE_EXTENSIONS
 
@@ -131,7 +132,8 @@ def read_list(path: str | os.PathLike[str]) -> Iterator[SourceImage]:
 
     `path` is relative to the list's folder or absolute; `image_id` (optional) defaults to
     the path; `captions` (optional) is a list of strings or one string; every other column
-    is kept as the image's metadata.
+    is kept as the image's metadata, with its type (`column_kinds`): int, float, bool,
+    timestamp (an aware UTC datetime) or string; an empty cell is None.
     """
     file = Path(path)
     suffix = file.suffix.lower()
@@ -139,11 +141,17 @@ def read_list(path: str | os.PathLike[str]) -> Iterator[SourceImage]:
         raise SourceError(f"--list {file}: expected one of {', '.join(LIST_SUFFIXES)}")
     if not file.is_file():
         raise SourceError(f"--list {file}: no such file")
-    rows = {".csv": _csv_rows, ".parquet": _parquet_rows}.get(suffix, _jsonl_rows)(file)
+    reader = {".csv": _csv_rows, ".parquet": _parquet_rows}.get(suffix, _jsonl_rows)
+    if suffix == ".parquet":
+        kinds = _parquet_kinds(file)
+    else:  # a first pass over the whole file: a column's type is the whole column's
+        kinds = column_kinds(
+            (row for _, row in reader(file)), text=suffix == ".csv", skip=_NOT_META
+        )
     ids: set[str] = set()
     count = 0
-    for where, row in rows:
-        item = _list_item(file, where, row)
+    for where, row in reader(file):
+        item = _list_item(file, where, row, kinds)
         if item.image_id in ids:
             raise SourceError(f"{file}:{where}: image_id {item.image_id!r} appears twice")
         ids.add(item.image_id)
@@ -151,6 +159,9 @@ def read_list(path: str | os.PathLike[str]) -> Iterator[SourceImage]:
         yield item
     if not count:
         raise SourceError(f"--list {file}: no rows")
+
+
+_NOT_META = ("path", "image_id", "captions")
 
 
 def _csv_rows(file: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -212,7 +223,7 @@ def _check_header(file: Path, columns: list[str], where: str | None = None) -> N
         )
 
 
-def _list_item(file: Path, where: str, row: dict[str, Any]) -> SourceImage:
+def _list_item(file: Path, where: str, row: dict[str, Any], kinds: dict[str, Kind]) -> SourceImage:
     at = f"{file}:{where}"
     raw = row.get("path")
     if not isinstance(raw, str) or not raw.strip():
@@ -228,7 +239,7 @@ def _list_item(file: Path, where: str, row: dict[str, Any]) -> SourceImage:
         captions = _captions(row.get("captions"))
     except ValueError as e:
         raise SourceError(f"{at}: 'captions' {e}") from e
-    meta = {k: _plain(v) for k, v in row.items() if k not in ("path", "image_id", "captions")}
+    meta = {k: typed(v, kinds.get(k, "string")) for k, v in row.items() if k not in _NOT_META}
     return SourceImage(image_id, target, captions, meta)
 
 
@@ -258,15 +269,164 @@ def _captions(value: Any) -> tuple[str, ...]:
     return tuple(c for c in value if c.strip())
 
 
-def _plain(value: Any) -> Any:
-    """A metadata value as JSON can hold it."""
+# --------------------------------------------------------------------------- column types
+
+Kind = Literal["bool", "int", "float", "timestamp", "string"]
+_INFERRED: tuple[Kind, ...] = ("bool", "int", "float", "timestamp")  # tried in this order
+_INT = re.compile(r"^[+-]?\d+$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# ISO 8601 as text: a date, optionally a time (T or space) and an offset.
+_ISO = re.compile(
+    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+)
+_INT64 = (-(2**63), 2**63 - 1)
+# "02139", "007": a code with leading zeros is text, not a number (its zeros would be lost).
+_LEADING_ZERO = re.compile(r"^[+-]?0\d")
+
+
+def _instant(text: str) -> dt.datetime | None:
+    """ISO 8601 text as an aware UTC datetime (no offset: UTC), or None."""
+    if not _ISO.match(text):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+
+
+def _fits(value: Any, kind: Kind, text: bool) -> bool:
+    """Whether one non-empty value can be of `kind` (CSV cells are `text`)."""
+    if text:
+        cell = value.strip()
+        if kind == "bool":
+            return cell.lower() in ("true", "false")
+        if kind in ("int", "float") and _LEADING_ZERO.match(cell):
+            return False
+        if kind == "int":
+            return bool(_INT.match(cell)) and _INT64[0] <= int(cell) <= _INT64[1]
+        if kind == "float":
+            return bool(_FLOAT.match(cell))
+        return _instant(cell) is not None
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and (_INT64[0] <= value <= _INT64[1])
+        )
+    if kind == "float":
+        return (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and (not isinstance(value, int) or _INT64[0] <= value <= _INT64[1])
+        )
+    return isinstance(value, str) and _instant(value.strip()) is not None
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def column_kinds(
+    rows: Iterable[dict[str, Any]], *, text: bool, skip: Iterable[str] = ()
+) -> dict[str, Kind]:
+    """The type of every column over all of `rows`, by one deterministic rule: the first of
+    bool, int, float, timestamp (ISO 8601 text) that every non-empty value of the column
+    fits, else string (a mixed column). Empty cells and nulls fit any type. `text`: the
+    values are CSV cells (text; a number with leading zeros, "02139", is text); otherwise
+    JSON values, whose own types count."""
+    left: dict[str, list[Kind]] = {}
+    skipped = set(skip)
+    for row in rows:
+        for name, value in row.items():
+            if name in skipped:
+                continue
+            kinds = left.setdefault(name, list(_INFERRED))
+            if kinds and not _empty(value):
+                kinds[:] = [k for k in kinds if _fits(value, k, text)]
+    return {name: kinds[0] if kinds else "string" for name, kinds in left.items()}
+
+
+def typed(value: Any, kind: Kind) -> Any:
+    """One value of a column of `kind` (see `column_kinds`); None for an empty one."""
+    if _empty(value):
+        return None
+    if kind == "bool":
+        return value if isinstance(value, bool) else value.strip().lower() == "true"
+    if kind == "int":
+        return value if isinstance(value, int) else int(value.strip())
+    if kind == "float":
+        return float(value.strip() if isinstance(value, str) else value)
+    if kind == "timestamp":
+        if isinstance(value, dt.datetime):
+            when = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+            return when.astimezone(dt.UTC)
+        if isinstance(value, dt.date):
+            return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+        return _instant(value.strip())
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return json.dumps(_jsonable(value), sort_keys=True, ensure_ascii=False)
+
+
+def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_jsonable(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _jsonable(v) for k, v in value.items()}
     return str(value)
+
+
+def _parquet_kinds(file: Path) -> dict[str, Kind]:
+    """A Parquet list's columns keep their own types (dates and decimals as timestamps and
+    floats; anything else, lists and structs too, as text)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(file)
+    except Exception as e:  # pyarrow raises its own ArrowInvalid for a file that is not Parquet
+        raise SourceError(f"--list {file}: not a Parquet file ({e})") from e
+    kinds: dict[str, Kind] = {}
+    for column in schema:
+        t = column.type
+        if column.name in _NOT_META:
+            continue
+        if pa.types.is_boolean(t):
+            kinds[column.name] = "bool"
+        elif pa.types.is_integer(t):
+            kinds[column.name] = "int"
+        elif pa.types.is_floating(t) or pa.types.is_decimal(t):
+            kinds[column.name] = "float"
+        elif pa.types.is_timestamp(t) or pa.types.is_date(t):
+            kinds[column.name] = "timestamp"
+        else:
+            kinds[column.name] = "string"
+    return kinds
+
+
+def encode_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """Metadata as JSON can hold it (a shard's record): a timestamp as {"timestamp": ISO}."""
+    return {
+        k: {"timestamp": v.isoformat()} if isinstance(v, dt.datetime) else v
+        for k, v in (meta or {}).items()
+    }
+
+
+def decode_meta(meta: dict[str, Any] | None) -> dict[str, Any]:
+    """`encode_meta` undone."""
+    out: dict[str, Any] = {}
+    for k, v in (meta or {}).items():
+        if isinstance(v, dict) and set(v) == {"timestamp"}:
+            v = dt.datetime.fromisoformat(v["timestamp"])
+        out[k] = v
+    return out
 
 
 # --------------------------------------------------------------------------- other sources

@@ -4,13 +4,17 @@
 INDEX_DIR/
   manifest.json   format, model_hash, dim, metric, images/captions facts, files, ...
   images.faiss    row i = image i            captions.faiss  row j = caption j
-  images.json     [{"image_id", "path"}]     captions.json   [{"caption_id", "image_row", "text"}]
+  images.arrow    the image records (`index.records`, `index.columnar`), row i = image i
+  captions.arrow  caption_id, image_row, text, row j = caption j
   images/         copies of the indexed image files (path is relative to it; null = no copy)
   images.npy / captions.npy   only for a bare IVF-PQ, whose codes cannot give the vectors back
 ```
 
-JSON and FAISS files only: nothing here is unpickled. The manifest is written last and
-lists every file with its size, so a truncated file is caught before FAISS reads it.
+Arrow IPC, JSON and FAISS files only: nothing here is unpickled. The records are
+memory-mapped, so a loaded index holds no Python object per row. The manifest is written
+last and lists every file with its size, so a truncated file is caught before it is read. An
+index of the format before ("vsepp-index/1": images.json, captions.json) still loads, and
+`convert_index_dir` (`python -m index.convert`) rewrites it in this one.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import platform
 import re
 import shutil
 import uuid
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,8 +36,28 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
+from index.columnar import (
+    BY_IMAGE,
+    CAPTION_COLUMNS,
+    CAPTION_START,
+    ID_ORDER,
+    LOOKUP_COLUMNS,
+    AliasMap,
+    ColumnView,
+    RecordsFileError,
+    RecordsView,
+    SortedKeys,
+    caption_table,
+    check_index_column,
+    duplicate_id,
+    numpy_column,
+    read_table,
+    with_lookup_columns,
+    write_table,
+)
 from index.faiss_index import (
     ONDISK_TYPE,
     apply_search_params,
@@ -42,16 +65,25 @@ from index.faiss_index import (
     keeps_exact_vectors,
     search_selected,
 )
-from index.records import image_table
-from vsepp.atomic import atomic_directory, old_prefix
+from index.records import (
+    BUILT_IN,
+    CAPTURE_FIELDS,
+    CaptionRecord,
+    ImageRecord,
+    image_table,
+)
+from vsepp.atomic import atomic_directory, old_prefix, writer_lock
 
 log = logging.getLogger(__name__)
 
-FORMAT = "vsepp-index/1"
+FORMAT = "vsepp-index/2"  # records in Arrow IPC files
+JSON_FORMAT = "vsepp-index/1"  # records in JSON files: still read
+FORMATS = (FORMAT, JSON_FORMAT)
 MANIFEST = "manifest.json"
 INDEX_FILES = {"images": "images.faiss", "captions": "captions.faiss"}
 IVFDATA_FILES = {"images": "images.ivfdata", "captions": "captions.ivfdata"}
-META_FILES = {"images": "images.json", "captions": "captions.json"}
+META_FILES = {"images": "images.arrow", "captions": "captions.arrow"}
+JSON_META_FILES = {"images": "images.json", "captions": "captions.json"}
 VECTOR_FILES = {"images": "images.npy", "captions": "captions.npy"}
 # The near-duplicate group of each image (int64, the group's first row; -1: none).
 DUPLICATES_FILE = "duplicates.npy"
@@ -73,37 +105,6 @@ class ModelMismatchError(IndexDirError):
 
 
 @dataclass(frozen=True)
-class ImageRecord:
-    """One row of images.json."""
-
-    image_id: str  # the dataset's id: the image path relative to the images root
-    path: str | None  # relative to INDEX_DIR/images/; None when the file was not copied
-    width: int | None = None  # upright size in pixels (collections; None for datasets)
-    height: int | None = None
-    meta: dict[str, Any] | None = None  # a list file's other columns
-    aliases: tuple[str, ...] = ()  # ids of byte-identical files indexed as this one
-    source: str | None = None  # the file it was read from, for `index.remove --missing`
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"image_id": self.image_id, "path": self.path}
-        for key in ("width", "height", "meta", "source"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        if self.aliases:
-            out["aliases"] = list(self.aliases)
-        return out
-
-
-@dataclass(frozen=True)
-class CaptionRecord:
-    """One row of captions.json."""
-
-    caption_id: str  # "IMAGE_ID#n", n counting that image's captions from 0; "corpus#n"
-    image_row: int  # row of its image in images.json / images.faiss; -1: tied to no image
-    text: str  # the raw caption
-
-
-@dataclass(frozen=True)
 class NewImage:
     """An image to index (input of a build or an append)."""
 
@@ -114,9 +115,15 @@ class NewImage:
     meta: dict[str, Any] | None = None  # a list file's other columns
     aliases: tuple[str, ...] = ()  # ids of byte-identical files indexed as this one
     source: str | None = None  # the file it was read from
+    taken_at: datetime | None = None  # capture time, aware UTC (`index.capture`)
+    taken_at_source: str | None = None  # "exif" or "mtime"
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lat: float | None = None  # signed decimal degrees
+    lon: float | None = None
 
     def record(self) -> ImageRecord:
-        """Its row of images.json (the copy, if any, is stored under its id)."""
+        """Its image record (the copy, if any, is stored under its id)."""
         return ImageRecord(
             self.image_id,
             self.image_id if self.file is not None else None,
@@ -125,7 +132,23 @@ class NewImage:
             self.meta,
             self.aliases,
             self.source,
+            self.taken_at,
+            self.taken_at_source,
+            self.camera_make,
+            self.camera_model,
+            self.lat,
+            self.lon,
         )
+
+
+def capture_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The capture fields of a shard's image row (`index.capture`), as record fields:
+    taken_at an aware UTC datetime, the others as they are; absent ones left out."""
+    out = {k: row[k] for k in CAPTURE_FIELDS if row.get(k) is not None}
+    if "taken_at" in out:
+        when = datetime.fromisoformat(out["taken_at"])
+        out["taken_at"] = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    return out
 
 
 @dataclass(frozen=True)
@@ -237,8 +260,8 @@ def write_index_dir(
     *,
     images: IndexPart,
     captions: IndexPart,
-    image_records: Sequence[ImageRecord],
-    caption_records: Sequence[CaptionRecord],
+    image_records: Sequence[ImageRecord] | pa.Table,
+    caption_records: Sequence[CaptionRecord] | pa.Table,
     model_hash: str,
     image_files: Mapping[str, Path] | None = None,
     previous_dir: Path | None = None,
@@ -250,30 +273,41 @@ def write_index_dir(
 ) -> dict[str, Any]:
     """Write a complete index directory at `target`, atomically; return its manifest.
 
-    `duplicates`: the near-duplicate group of each image (`index.duplicates`), kept as
-    duplicates.npy.
-
-    `image_files` maps image_id -> a file to copy into images/; records whose file is not
-    given there are hard-linked from `previous_dir`/images/ (the directory being replaced,
-    when appending). If anything raises, `target` is left exactly as it was. `locked`:
-    the caller holds `writer_lock(target)` already.
+    The records are `ImageRecord`s / `CaptionRecord`s or already tables (`index.records`'
+    image table, the caption columns: what `index.update` passes on). `image_files` maps
+    image_id -> a file to copy into images/; records whose file is not given there are
+    hard-linked from `previous_dir`/images/ (the directory being replaced, when appending).
+    If anything raises, `target` is left exactly as it was. `locked`: the caller holds
+    `writer_lock(target)` already. `duplicates`: the near-duplicate group of each image
+    (`index.duplicates`), kept as duplicates.npy.
     """
     dim = int(images.index.d)
-    _check_part("images", images, len(image_records), dim)
-    _check_part("captions", captions, len(caption_records), dim)
-    ids = [r.image_id for r in image_records]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i, c in Counter(ids).items() if c > 1)
+    image_rows = (
+        image_records if isinstance(image_records, pa.Table) else image_table(image_records)
+    )
+    caption_rows = (
+        caption_records if isinstance(caption_records, pa.Table) else caption_table(caption_records)
+    )
+    image_rows, caption_rows = with_lookup_columns(image_rows, caption_rows)
+    n_images = image_rows.num_rows
+    _check_part("images", images, n_images, dim)
+    _check_part("captions", captions, caption_rows.num_rows, dim)
+    dup = duplicate_id(image_rows)
+    if dup is not None:
         raise ValueError(f"image_id {dup!r} appears more than once")
-    for c in caption_records:
-        if not -1 <= c.image_row < len(image_records):
-            raise ValueError(f"caption {c.caption_id!r}: image_row {c.image_row} out of range")
+    if caption_rows.num_rows:
+        bounds = pc.min_max(caption_rows.column("image_row")).as_py()
+        for row in (bounds["min"], bounds["max"]):
+            if not -1 <= row < n_images:
+                at = pc.index(caption_rows.column("image_row"), row).as_py()
+                caption_id = caption_rows.column("caption_id")[at].as_py()
+                raise ValueError(f"caption {caption_id!r}: image_row {row} out of range")
     image_files = dict(image_files or {})
-    for r in image_records:
-        if r.path is not None:
-            check_image_id(r.path)
-            if r.image_id not in image_files and previous_dir is None:
-                raise ValueError(f"image {r.image_id!r} has a path but no file to copy")
+    stored = _stored_paths(image_rows)
+    for image_id, rel in stored:
+        check_image_id(rel)
+        if image_id not in image_files and previous_dir is None:
+            raise ValueError(f"image {image_id!r} has a path but no file to copy")
 
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -282,8 +316,8 @@ def write_index_dir(
         "dim": dim,
         "metric": "inner_product",
         "normalized": True,
-        "images": dict(images.facts, count=len(image_records)),
-        "captions": dict(captions.facts, count=len(caption_records)),
+        "images": dict(images.facts, count=n_images),
+        "captions": dict(captions.facts, count=caption_rows.num_rows),
         "source": source or {},
         "skipped_images": list(skipped_images),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -306,47 +340,86 @@ def write_index_dir(
                 vectors_file = VECTOR_FILES[side]
                 np.save(tmp / vectors_file, np.asarray(part.vectors, dtype=np.float32))
             manifest[side]["vectors_file"] = vectors_file
-        # ASCII escapes: source paths may hold bytes that are not UTF-8 (as surrogates).
-        _write_json_rows(
-            tmp / META_FILES["images"], (r.to_json() for r in image_records), ascii_only=True
-        )
-        _write_json_rows(
-            tmp / META_FILES["captions"],
-            (
-                {"caption_id": r.caption_id, "image_row": r.image_row, "text": r.text}
-                for r in caption_records
-            ),
-        )
+        _write_records(tmp, image_rows, caption_rows)
         if duplicates is not None:
-            if np.shape(duplicates) != (len(image_records),):
-                raise ValueError(
-                    f"duplicates: shape {np.shape(duplicates)} for {len(image_records)} images"
-                )
+            if np.shape(duplicates) != (n_images,):
+                raise ValueError(f"duplicates: shape {np.shape(duplicates)} for {n_images} images")
             np.save(tmp / DUPLICATES_FILE, np.asarray(duplicates, np.int64))
         (tmp / IMAGES_DIR).mkdir()
-        for r in tqdm(image_records, desc="image files", unit="img", disable=None):
-            if r.path is None:
-                continue
-            if r.image_id in image_files:
+        for image_id, rel in tqdm(stored, desc="image files", unit="img", disable=None):
+            if image_id in image_files:
                 # A hard link where it can: a collection's photos are not stored twice.
-                _place_image(image_files[r.image_id], tmp / IMAGES_DIR / r.path, link=True)
+                _place_image(image_files[image_id], tmp / IMAGES_DIR / rel, link=True)
             else:
                 assert previous_dir is not None
-                old = previous_dir / IMAGES_DIR / r.path
-                _place_image(old, tmp / IMAGES_DIR / r.path, link=True)
-        manifest["files"] = {
-            p.name: {"bytes": p.stat().st_size} for p in sorted(tmp.iterdir()) if p.is_file()
-        }
-        for side in SIDES:
-            # What the side takes on disk: its FAISS file and, on-disk types, its lists.
-            names = (INDEX_FILES[side], IVFDATA_FILES[side], VECTOR_FILES[side])
-            manifest[side]["index_bytes"] = sum(
-                manifest["files"][n]["bytes"] for n in names if n in manifest["files"]
-            )
-        # Written last: a directory with a manifest is a complete one.
-        _write_json(tmp / MANIFEST, manifest)
-    log.info("wrote %s: %d images, %d captions", target, len(image_records), len(caption_records))
+                _place_image(previous_dir / IMAGES_DIR / rel, tmp / IMAGES_DIR / rel, link=True)
+        _finish_manifest(tmp, manifest)
+    log.info("wrote %s: %d images, %d captions", target, n_images, caption_rows.num_rows)
     return manifest
+
+
+def convert_index_dir(target: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Rewrite an index of the JSON format ("vsepp-index/1") in the Arrow one, atomically:
+    the records become images.arrow and captions.arrow, every other file (FAISS indexes,
+    on-disk lists, vectors, image copies) is hard-linked (copied across file systems). The
+    manifest keeps its facts under a new build_id, with `converted_from`. Returns the new
+    manifest, None for an index already in the Arrow format."""
+    index_dir = Path(target).absolute()
+    with writer_lock(index_dir):
+        old = load_index(index_dir, mmap=False)
+        if old.manifest["format"] == FORMAT:
+            return None
+        manifest = {k: v for k, v in old.manifest.items() if k != "files"}
+        converted = {
+            "format": old.manifest["format"],
+            "build_id": old.manifest.get("build_id"),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        manifest.update(format=FORMAT, build_id=uuid.uuid4().hex, converted_from=converted)
+        with atomic_directory(index_dir, locked=True) as tmp:
+            for name in old.manifest["files"]:
+                if name not in JSON_META_FILES.values():
+                    _place_image(index_dir / name, tmp / name, link=True)
+            _write_records(tmp, old._records, old._caption_records)
+            (tmp / IMAGES_DIR).mkdir()
+            for image_id, rel in _stored_paths(old._records):
+                if (index_dir / IMAGES_DIR / rel).exists():
+                    _place_image(index_dir / IMAGES_DIR / rel, tmp / IMAGES_DIR / rel, link=True)
+                else:
+                    log.warning("%s: the stored copy of %r is missing", index_dir, image_id)
+            _finish_manifest(tmp, manifest)
+    log.info("converted %s to %s", index_dir, FORMAT)
+    return manifest
+
+
+def _write_records(directory: Path, images: pa.Table, captions: pa.Table) -> None:
+    """images.arrow and captions.arrow (with their lookup columns) into `directory`."""
+    write_table(directory / META_FILES["images"], images)
+    write_table(directory / META_FILES["captions"], captions)
+
+
+def _finish_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """List the files of `directory` with their sizes in `manifest` and write it, last: a
+    directory with a manifest is a complete one."""
+    manifest["files"] = {
+        p.name: {"bytes": p.stat().st_size} for p in sorted(directory.iterdir()) if p.is_file()
+    }
+    for side in SIDES:
+        # What the side takes on disk: its FAISS file and, on-disk types, its lists.
+        names = (INDEX_FILES[side], IVFDATA_FILES[side], VECTOR_FILES[side])
+        manifest[side]["index_bytes"] = sum(
+            manifest["files"][n]["bytes"] for n in names if n in manifest["files"]
+        )
+    _write_json(directory / MANIFEST, manifest)
+
+
+def _stored_paths(images: pa.Table) -> list[tuple[str, str]]:
+    """(image_id, path) of the images with a stored copy."""
+    has = pc.is_valid(images.column("path"))
+    kept = images.filter(has).select(["image_id", "path"])
+    return list(
+        zip(kept.column("image_id").to_pylist(), kept.column("path").to_pylist(), strict=True)
+    )
 
 
 # --------------------------------------------------------------------------- reading
@@ -385,8 +458,11 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise IndexDirError(f"{path}: expected a JSON object")
     fmt = manifest.get("format")
-    if fmt != FORMAT:
-        raise IndexDirError(f"{path}: unsupported format {fmt!r} (this code reads {FORMAT!r})")
+    if fmt not in FORMATS:
+        raise IndexDirError(
+            f"{path}: unsupported format {fmt!r} (this code reads "
+            f"{' and '.join(map(repr, FORMATS))})"
+        )
     _field(manifest, "model_hash", str, str(path))
     _field(manifest, "dim", int, str(path))
     _field(manifest, "files", dict, str(path))
@@ -413,9 +489,14 @@ def _check_files(index_dir: Path, manifest: dict[str, Any]) -> None:
             raise IndexDirError(
                 f"{path}: {size} bytes, the manifest says {expected} (truncated or replaced?)"
             )
-    for name in (*INDEX_FILES.values(), *META_FILES.values()):
+    for name in (*INDEX_FILES.values(), *meta_files(manifest).values()):
         if name not in manifest["files"]:
             raise IndexDirError(f"{index_dir / MANIFEST}: 'files' does not list {name}")
+
+
+def meta_files(manifest: dict[str, Any]) -> dict[str, str]:
+    """side -> the records file of an index of `manifest`'s format."""
+    return JSON_META_FILES if manifest.get("format") == JSON_FORMAT else META_FILES
 
 
 def _read_image_records(path: Path) -> list[ImageRecord]:
@@ -442,6 +523,52 @@ def _read_image_records(path: Path) -> list[ImageRecord]:
             )
         )
     return out
+
+
+def _json_tables(index_dir: Path, manifest: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
+    """The records of an index in the JSON format, as the tables of the Arrow one (built in
+    memory, lookup columns included)."""
+    images = _read_image_records(index_dir / JSON_META_FILES["images"])
+    _check_count(index_dir, manifest, "images", len(images))
+    if len({r.image_id for r in images}) != len(images):
+        raise IndexDirError(f"{index_dir / JSON_META_FILES['images']}: duplicate image_id")
+    captions = _read_caption_records(index_dir / JSON_META_FILES["captions"], len(images))
+    _check_count(index_dir, manifest, "captions", len(captions))
+    try:
+        image_rows = image_table(images)
+    except ValueError as e:
+        raise IndexDirError(f"{index_dir / JSON_META_FILES['images']}: {e}") from e
+    return with_lookup_columns(image_rows, caption_table(captions))
+
+
+def _arrow_tables(index_dir: Path, manifest: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
+    """images.arrow and captions.arrow, memory-mapped, their columns and counts checked."""
+    paths = {side: index_dir / META_FILES[side] for side in SIDES}
+    try:
+        images = read_table(paths["images"], {**_REQUIRED_IMAGE_COLUMNS}, validate=True)
+        captions = read_table(paths["captions"], {**CAPTION_COLUMNS, BY_IMAGE: pa.int64()},
+                              validate=True)  # fmt: skip
+        _check_count(index_dir, manifest, "images", images.num_rows)
+        _check_count(index_dir, manifest, "captions", captions.num_rows)
+        n_images, n_captions = images.num_rows, captions.num_rows
+        check_index_column(paths["images"], images, ID_ORDER, 0, n_images - 1)
+        check_index_column(paths["images"], images, CAPTION_START, 0, n_captions)
+        check_index_column(paths["captions"], captions, "image_row", -1, n_images - 1)
+        check_index_column(paths["captions"], captions, BY_IMAGE, 0, n_captions - 1)
+    except RecordsFileError as e:
+        raise IndexDirError(str(e)) from e
+    return images, captions
+
+
+_REQUIRED_IMAGE_COLUMNS = {**BUILT_IN, ID_ORDER: pa.int64(), CAPTION_START: pa.int64()}
+
+
+def _check_count(index_dir: Path, manifest: dict[str, Any], side: str, n: int) -> None:
+    if manifest[side]["count"] != n:
+        raise IndexDirError(
+            f"{index_dir}: manifest {side}.count={manifest[side]['count']} but "
+            f"{meta_files(manifest)[side]} has {n} entries"
+        )
 
 
 def _read_caption_records(path: Path, n_images: int) -> list[CaptionRecord]:
@@ -531,36 +658,37 @@ class LoadedIndex:
         self,
         index_dir: Path,
         manifest: dict[str, Any],
-        image_records: list[ImageRecord],
-        caption_records: list[CaptionRecord],
+        images: pa.Table,
+        captions: pa.Table,
         image_index: faiss.Index,
         caption_index: faiss.Index,
         load_modes: dict[str, str],
     ) -> None:
         self.index_dir = index_dir
         self.manifest = manifest
-        self.image_ids: list[str] = [r.image_id for r in image_records]
-        self.image_paths: list[str | None] = [r.path for r in image_records]
-        self.captions: list[str] = [r.text for r in caption_records]
-        self.caption_ids: list[str] = [r.caption_id for r in caption_records]
-        self.caption_image_rows: np.ndarray = np.array(
-            [r.image_row for r in caption_records], dtype=np.int64
-        )
+        # Views over the (memory-mapped) columns: values are made when asked for.
+        self.image_ids: Sequence[str] = ColumnView(images.column("image_id"))
+        self.image_paths: Sequence[str | None] = ColumnView(images.column("path"))
+        self.captions: Sequence[str] = ColumnView(captions.column("text"))
+        self.caption_ids: Sequence[str] = ColumnView(captions.column("caption_id"))
+        self.caption_image_rows: np.ndarray = numpy_column(captions.column("image_row"))
+        self.image_records: Sequence[ImageRecord] = RecordsView(images)
         self.image_index = image_index
         self.caption_index = caption_index
         self.load_modes = load_modes  # side -> "mmap" or "read ..." (what really happened)
         self.dim = int(manifest["dim"])
-        self._row_of = {image_id: row for row, image_id in enumerate(self.image_ids)}
         self._images_root = (index_dir / IMAGES_DIR).resolve()
-        # Caption rows grouped by image row: _caption_rows[_offsets[i]:_offsets[i + 1]];
-        # corpus captions (image row -1) sort first and belong to no image's group.
-        order = np.argsort(self.caption_image_rows, kind="stable")
-        tied = self.caption_image_rows[order] >= 0
-        self._caption_rows = order[tied]
-        counts = np.bincount(self.caption_image_rows[order][tied], minlength=len(self.image_ids))
-        self._offsets = np.concatenate([[0], np.cumsum(counts)])
-        self.images_by_alias = {a: r.image_id for r in image_records for a in r.aliases}
-        self.image_records = image_records
+        self._records = images
+        self._caption_records = captions
+        self._ids = SortedKeys(images.column("image_id"), numpy_column(images.column(ID_ORDER)))
+        # Image i's caption rows: _by_image[_start[i]:_start[i + 1]] (columnar's doc).
+        self._by_image = numpy_column(captions.column(BY_IMAGE))
+        self._start = numpy_column(images.column(CAPTION_START))
+
+    @functools.cached_property
+    def images_by_alias(self) -> Mapping[str, str]:
+        """alias -> image_id: the byte-identical files indexed as another image."""
+        return AliasMap(self._records.column("aliases"), self._records.column("image_id"))
 
     @functools.cached_property
     def duplicate_groups(self) -> np.ndarray | None:
@@ -592,8 +720,14 @@ class LoadedIndex:
 
     @functools.cached_property
     def image_table(self) -> pa.Table:
-        """The image records as columns, for filters (`index.records`)."""
-        return image_table(self.image_records)
+        """The image records as columns, for filters (`index.records`): images.arrow's
+        columns, still on the mapped pages, without its lookup columns."""
+        return self._records.drop_columns(list(LOOKUP_COLUMNS))
+
+    @property
+    def caption_table(self) -> pa.Table:
+        """The caption records as columns: caption_id, image_row, text."""
+        return self._caption_records.select(list(CAPTION_COLUMNS))
 
     @property
     def model_hash(self) -> str:
@@ -655,13 +789,13 @@ class LoadedIndex:
         return self._search(self.caption_index, queries, k, "captions", where)
 
     def image_row(self, image_id: str) -> int | None:
-        """Row of `image_id`, None if it is not indexed."""
-        return self._row_of.get(image_id) if isinstance(image_id, str) else None
+        """Row of `image_id`, None if it is not indexed (a binary search over id_order)."""
+        return self._ids.find(image_id) if isinstance(image_id, str) else None
 
     def image_file(self, image_id: str) -> Path | None:
         """The stored copy of an indexed image; None for anything else.
 
-        Only plain ids (`is_plain_image_id`) listed in images.json (compared as raw strings,
+        Only plain ids (`is_plain_image_id`) of the index's records (compared as raw strings,
         nothing decoded) whose stored file resolves to a regular file inside INDEX_DIR/images.
         """
         row = self.image_row(image_id) if is_plain_image_id(image_id) else None
@@ -680,7 +814,10 @@ class LoadedIndex:
         """Caption rows of image `image_row`, in caption order."""
         if not 0 <= image_row < len(self.image_ids):
             raise IndexError(f"image row {image_row} out of range 0..{len(self.image_ids) - 1}")
-        return self._caption_rows[self._offsets[image_row] : self._offsets[image_row + 1]]
+        end = (
+            self._start[image_row + 1] if image_row + 1 < len(self._start) else len(self._by_image)
+        )
+        return self._by_image[self._start[image_row] : end]
 
     def captions_of(self, image_row: int) -> list[str]:
         """The captions of image `image_row`."""
@@ -737,21 +874,11 @@ def _load_once(index_dir: Path, expected_model_hash: str | None, mmap: bool) -> 
     if expected_model_hash is not None:
         check_built_with(index_dir, manifest, expected_model_hash)
     _check_files(index_dir, manifest)
-
-    def check_count(side: str, n: int) -> None:
-        if manifest[side]["count"] != n:
-            raise IndexDirError(
-                f"{index_dir}: manifest {side}.count={manifest[side]['count']} but "
-                f"{META_FILES[side]} has {n} entries"
-            )
-
-    images = _read_image_records(index_dir / META_FILES["images"])
-    check_count("images", len(images))
-    if len({r.image_id for r in images}) != len(images):
-        raise IndexDirError(f"{index_dir / META_FILES['images']}: duplicate image_id")
-    captions = _read_caption_records(index_dir / META_FILES["captions"], len(images))
-    check_count("captions", len(captions))
-    records = {"images": len(images), "captions": len(captions)}
+    if manifest["format"] == JSON_FORMAT:
+        images, captions = _json_tables(index_dir, manifest)
+    else:
+        images, captions = _arrow_tables(index_dir, manifest)
+    records = {"images": images.num_rows, "captions": captions.num_rows}
     loaded: dict[str, faiss.Index] = {}
     modes: dict[str, str] = {}
     for side in SIDES:
@@ -760,7 +887,7 @@ def _load_once(index_dir: Path, expected_model_hash: str | None, mmap: bool) -> 
         index, modes[side] = read_faiss(path, section["index_type"], mmap=mmap)
         if int(index.ntotal) != records[side]:
             raise IndexDirError(
-                f"{path}: holds {index.ntotal} vectors but {META_FILES[side]} has "
+                f"{path}: holds {index.ntotal} vectors but {meta_files(manifest)[side]} has "
                 f"{records[side]} entries"
             )
         if int(index.d) != manifest["dim"]:

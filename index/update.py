@@ -15,13 +15,14 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from index.builder import (
     CORPUS,
@@ -32,12 +33,13 @@ from index.builder import (
     empty_vectors,
     side_facts,
 )
+from index.columnar import RecordsView, caption_table
 from index.duplicates import facts as duplicate_facts
 from index.duplicates import kept_pairs, label_groups, near_pairs
 from index.faiss_index import normalize
+from index.records import ImageRecord, image_table
 from index.store import (
     SIDES,
-    CaptionRecord,
     IndexPart,
     LoadedIndex,
     NewCaption,
@@ -85,11 +87,10 @@ def add_to_index(
                     f"new {what} vectors have dim {np.shape(vecs)[1]}, index {index_dir} has "
                     f"dim {dim} (built with model {old.model_hash})"
                 )
-        existing = set(old.image_ids)
         keep_images: list[int] = []
         seen: set[str] = set()
         for i, im in enumerate(new_image_records):
-            if im.image_id in existing or im.image_id in seen:
+            if im.image_id in seen or old.image_row(im.image_id) is not None:
                 log.info("image %r is already indexed: skipped", im.image_id)
                 continue
             if im.file is not None:
@@ -100,7 +101,7 @@ def add_to_index(
         for j, c in enumerate(new_caption_records):
             if c.image_id is None or c.image_id in seen:  # corpus captions always go in
                 keep_captions.append(j)
-            elif c.image_id not in existing:
+            elif old.image_row(c.image_id) is None:
                 raise ValueError(f"new caption {j} refers to unknown image_id {c.image_id!r}")
         dropped = len(new_caption_records) - len(keep_captions)
         if dropped:
@@ -135,11 +136,13 @@ def add_to_index(
             parts[side] = IndexPart(index, facts, vectors=vectors)
 
         groups = _regrouped(old, parts["images"].index, new["images"])
-        row_of = {image_id: row for row, image_id in enumerate(old.image_ids)}
-        row_of.update({im.image_id: len(old.image_ids) + i for i, im in enumerate(images)})
-        image_records = [*old.image_records, *(im.record() for im in images)]
-        counts = _caption_counts(old)
-        records = [*_old_caption_records(old), *caption_records(captions, row_of, counts)]
+        # New captions describe new images (or none): only their rows are needed.
+        row_of = {im.image_id: len(old.image_ids) + i for i, im in enumerate(images)}
+        image_records = _appended(old.image_table, [im.record() for im in images])
+        counts = Counter({CORPUS: int((old.caption_image_rows < 0).sum())})
+        records = pa.concat_tables(
+            [old.caption_table, caption_table(caption_records(captions, row_of, counts))]
+        )
         history = [
             *manifest.get("updates", []),
             {
@@ -187,9 +190,13 @@ def _kept_facts(manifest: dict[str, Any], groups: np.ndarray | None) -> dict[str
     return out
 
 
-def _caption_counts(old: LoadedIndex) -> Counter[str]:
-    """Captions per image id (and of the corpus), so new caption ids continue the count."""
-    return Counter(CORPUS if r < 0 else old.image_ids[r] for r in old.caption_image_rows)
+def _appended(old: pa.Table, new: Sequence[ImageRecord]) -> pa.Table | list[ImageRecord]:
+    """The image records of `old` followed by `new`, as columns when their types agree
+    (a list column typed otherwise in the new rows: all as records, typed afresh)."""
+    try:
+        return pa.concat_tables([old, image_table(new)], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return [*RecordsView(old), *new]
 
 
 def remove_from_index(
@@ -208,33 +215,34 @@ def remove_from_index(
     with writer_lock(index_dir):
         old = load_index(index_dir, mmap=False)
         drop = set(image_ids)
-        aliased = {a for a in drop if a in old.images_by_alias}
-        unknown = sorted(drop - set(old.image_ids) - aliased)
+        found = {image_id: old.image_row(image_id) for image_id in drop}
+        aliased = {a for a in drop if found[a] is None and a in old.images_by_alias}
+        unknown = sorted(a for a in drop if found[a] is None and a not in aliased)
         if unknown:
             raise ValueError(f"{index_dir}: no image {', '.join(map(repr, unknown[:5]))} to remove")
-        keep = [i for i, image_id in enumerate(old.image_ids) if image_id not in drop]
-        if not keep:
+        n_old = len(old.image_ids)
+        dropped = np.zeros(n_old, bool)
+        dropped[[r for r in found.values() if r is not None]] = True
+        keep = np.flatnonzero(~dropped)
+        if not len(keep):
             raise ValueError(f"{index_dir}: removing every image would leave an empty index")
-        new_row = {old_row: new for new, old_row in enumerate(keep)}
-        records = [
-            replace(r, aliases=tuple(a for a in r.aliases if a not in aliased))
-            for r in (old.image_records[i] for i in keep)
-        ]
-        caption_rows = [j for j, r in enumerate(old.caption_image_rows) if r < 0 or r in new_row]
-        captions = [
-            CaptionRecord(
-                old.caption_ids[j],
-                -1 if old.caption_image_rows[j] < 0 else new_row[int(old.caption_image_rows[j])],
-                old.captions[j],
-            )
-            for j in caption_rows
-        ]
+        records = _without_aliases(old.image_table.take(pa.array(keep)), aliased)
+        new_row = np.full(n_old + 1, -1, np.int64)  # old row -> new row; [-1]: the corpus
+        new_row[keep] = np.arange(len(keep))
+        old_rows = old.caption_image_rows
+        caption_rows = np.flatnonzero((old_rows < 0) | ~dropped[old_rows])
+        captions = old.caption_table.take(pa.array(caption_rows))
+        captions = captions.set_column(
+            captions.schema.get_field_index("image_row"),
+            "image_row",
+            pa.array(new_row[old_rows[caption_rows]], pa.int64()),
+        )
         manifest = old.manifest
         parts = {}
         for side, rows in (("images", keep), ("captions", caption_rows)):
             facts = manifest[side]
             params = {k: v for k, v in facts.get("params", {}).items() if k != "seed"}
-            vectors = np.asarray(old.vectors(side))[rows] if rows else empty_vectors(old.dim)
+            vectors = np.asarray(old.vectors(side))[rows] if len(rows) else empty_vectors(old.dim)
             parts[side] = IndexPolicy(facts["index_type"], params).build_part(
                 vectors,
                 seed=seed,
@@ -246,7 +254,7 @@ def remove_from_index(
             {
                 "removed_images": removed,
                 "removed_aliases": len(aliased),
-                "removed_captions": len(old.captions) - len(captions),
+                "removed_captions": len(old.captions) - captions.num_rows,
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
             },
         ]
@@ -272,13 +280,22 @@ def remove_from_index(
 
 def missing_images(index_dir: str | os.PathLike[str]) -> list[str]:
     """Ids of the indexed images whose source file is gone (images with a recorded source)."""
-    loaded = load_index(index_dir)
-    return [r.image_id for r in loaded.image_records if r.source and not os.path.exists(r.source)]
+    table = load_index(index_dir).image_table.select(["image_id", "source"])
+    table = table.filter(pc.is_valid(table.column("source")))
+    pairs = zip(
+        table.column("image_id").to_pylist(), table.column("source").to_pylist(), strict=True
+    )
+    return [image_id for image_id, source in pairs if not os.path.exists(os.fsdecode(source))]
 
 
-def _old_caption_records(old: LoadedIndex) -> list[CaptionRecord]:
-    columns = zip(old.caption_ids, old.caption_image_rows, old.captions, strict=True)
-    return [CaptionRecord(cid, int(row), text) for cid, row, text in columns]
+def _without_aliases(images: pa.Table, aliased: set[str]) -> pa.Table:
+    """`images` with the aliases in `aliased` taken out of their rows' lists."""
+    if not aliased:
+        return images
+    column = images.column("aliases").to_pylist()
+    kept = [None if a is None else [x for x in a if x not in aliased] for a in column]
+    index = images.schema.get_field_index("aliases")
+    return images.set_column(index, "aliases", pa.array(kept, pa.list_(pa.string())))
 
 
 def read_items(path: Path) -> tuple[list[str], list[Path], list[list[str]]]:

@@ -13,11 +13,13 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from index.builder import IndexPolicy, build_index_dir
-from index.store import MANIFEST, NewCaption, NewImage
+from index.columnar import write_table
+from index.store import MANIFEST, NewCaption, NewImage, load_index
 from vsepp.images import ImageFileError
 
 DIM = 16
@@ -95,6 +97,36 @@ def rewrite_json(index_dir: Path, name: str, value: Any) -> None:
     if name != MANIFEST:
         manifest["files"][name]["bytes"] = path.stat().st_size
         (index_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def to_json_format(index_dir: Path) -> None:
+    """Rewrite an index directory in place into the format of before "vsepp-index/2"
+    (images.json, captions.json, no .arrow files), as an old build left it."""
+    loaded = load_index(index_dir)
+    images = [r.to_json() for r in loaded.image_records]
+    rows = zip(loaded.caption_ids, loaded.caption_image_rows, loaded.captions, strict=True)
+    captions = [{"caption_id": c, "image_row": int(r), "text": t} for c, r, t in rows]
+    for side in ("images", "captions"):
+        (index_dir / f"{side}.arrow").unlink()
+    (index_dir / "images.json").write_text(json.dumps(images, ensure_ascii=True))
+    (index_dir / "captions.json").write_text(json.dumps(captions))
+    manifest = json.loads((index_dir / MANIFEST).read_text())
+    manifest["format"] = "vsepp-index/1"
+    for name in ("images.arrow", "captions.arrow"):
+        del manifest["files"][name]
+    for name in ("images.json", "captions.json"):
+        manifest["files"][name] = {"bytes": (index_dir / name).stat().st_size}
+    (index_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def rewrite_arrow(index_dir: Path, name: str, table: pa.Table) -> None:
+    """Replace images.arrow or captions.arrow with `table` (lookup columns as they are) and
+    fix its size in the manifest (a consistent tampering)."""
+    path = index_dir / name
+    write_table(path, table)
+    manifest = json.loads((index_dir / MANIFEST).read_text())
+    manifest["files"][name]["bytes"] = path.stat().st_size
+    (index_dir / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
 
 
 def leftovers(parent: Path) -> list[str]:

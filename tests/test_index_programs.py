@@ -75,6 +75,12 @@ def test_build_skips_bad_images_and_evaluates(tmp_path: Path, fake: FakeEncoders
     assert build.main(_build_args(data, out)) == 0
     loaded = load_index(out, expected_model_hash="fake-model")
     assert len(loaded.image_ids) == 9 and len(loaded.captions) == 45
+    # A split goes through the shards too: its images carry the capture fields (no EXIF
+    # in these files: the mtime) and their folder.
+    table = loaded.image_table
+    assert set(table.column("taken_at_source").to_pylist()) == {"mtime"}
+    assert table.column("taken_at").null_count == 0
+    assert set(table.column("folder").to_pylist()) == {""}
     skipped = {s["image_id"]: s["reason"] for s in loaded.manifest["skipped_images"]}
     assert set(skipped) == {"1003_abc.jpg", "1005_abc.jpg", "1007_abc.jpg"}
     assert skipped["1007_abc.jpg"].startswith("empty")

@@ -8,10 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from index import store
+from index.columnar import with_lookup_columns
 from index.faiss_index import build_index
+from index.records import image_table
 from index.search import image_hits, top_images
 from index.store import (
     CaptionRecord,
@@ -28,7 +31,9 @@ from tests.index_helpers import (
     fake_image,
     leftovers,
     make_index,
+    rewrite_arrow,
     rewrite_json,
+    to_json_format,
     unit_vectors,
 )
 from vsepp import atomic
@@ -106,15 +111,15 @@ def test_flat_index_directory_is_brute_force(tmp_path: Path) -> None:
 def test_manifest_and_metadata(tmp_path: Path) -> None:
     manifest = make_index(tmp_path / "idx", 12)
     loaded = load_index(tmp_path / "idx")
-    assert manifest["format"] == "vsepp-index/1" and manifest["metric"] == "inner_product"
+    assert manifest["format"] == "vsepp-index/2" and manifest["metric"] == "inner_product"
     assert manifest["images"]["count"] == 12 and manifest["captions"]["count"] == 60
     assert manifest["images"]["index_type"] == "flat"
     assert manifest["images"]["recall_at_10"] == 1.0
     assert set(manifest["files"]) == {
         "images.faiss",
         "captions.faiss",
-        "images.json",
-        "captions.json",
+        "images.arrow",
+        "captions.arrow",
     }
     assert loaded.image_ids[3] == "img0003.jpg"
     assert loaded.captions_of(3) == [f"caption {j} of img0003.jpg" for j in range(5)]
@@ -194,16 +199,22 @@ def test_image_file_refuses_tampered_paths(tmp_path: Path) -> None:
     outside = tmp_path / "outside.jpg"
     outside.write_bytes(b"x")
     os.symlink(outside, tmp_path / "idx" / "images" / "link.jpg")
-    rewrite_json(
-        tmp_path / "idx",
-        "images.json",
-        [
-            {"image_id": "a", "path": "../manifest.json"},
-            {"image_id": "b", "path": str(outside)},
-            {"image_id": "c", "path": "link.jpg"},
-            {"image_id": "d", "path": None},
-        ],
-    )
+    tampered = [
+        ImageRecord("a", "../manifest.json"),
+        ImageRecord("b", str(outside)),
+        ImageRecord("c", "link.jpg"),
+        ImageRecord("d", None),
+    ]
+    loaded = load_index(tmp_path / "idx")
+    images, _ = with_lookup_columns(image_table(tampered), loaded.caption_table)
+    rewrite_arrow(tmp_path / "idx", "images.arrow", images)
+    loaded = load_index(tmp_path / "idx")
+    for image_id in "abcd":
+        assert loaded.image_file(image_id) is None, image_id
+    # The same in an index of the JSON format.
+    make_index(tmp_path / "idx", 4)
+    to_json_format(tmp_path / "idx")
+    rewrite_json(tmp_path / "idx", "images.json", [r.to_json() for r in tampered])
     loaded = load_index(tmp_path / "idx")
     for image_id in "abcd":
         assert loaded.image_file(image_id) is None, image_id
@@ -222,15 +233,14 @@ def test_failed_metadata_write_leaves_old_index(
 ) -> None:
     make_index(tmp_path / "idx", 10)
     before = _fingerprint(tmp_path / "idx")
-    real = store._write_json_rows
+    real = store.write_table
 
-    def failing(path: Path, value: object, **options: bool) -> None:
-        if path.name == "captions.json":
-            real(path, value, **options)
+    def failing(path: Path, table: pa.Table) -> None:
+        real(path, table)
+        if path.name == "captions.arrow":
             raise OSError(28, "No space left on device")
-        real(path, value, **options)
 
-    monkeypatch.setattr(store, "_write_json_rows", failing)
+    monkeypatch.setattr(store, "write_table", failing)
     with pytest.raises(OSError, match=r"No space"):
         make_index(tmp_path / "idx", 20, seed=1)
     assert _fingerprint(tmp_path / "idx") == before
@@ -365,8 +375,8 @@ def test_truncated_and_corrupt_faiss_files(tmp_path: Path) -> None:
 def test_wrong_format_and_bad_json(tmp_path: Path) -> None:
     make_index(tmp_path / "idx", 5)
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    rewrite_json(tmp_path / "idx", "manifest.json", dict(manifest, format="vsepp-index/2"))
-    with pytest.raises(IndexDirError, match=r"unsupported format 'vsepp-index/2'"):
+    rewrite_json(tmp_path / "idx", "manifest.json", dict(manifest, format="vsepp-index/9"))
+    with pytest.raises(IndexDirError, match=r"unsupported format 'vsepp-index/9'"):
         load_index(tmp_path / "idx")
     rewrite_json(
         tmp_path / "idx", "manifest.json", {k: v for k, v in manifest.items() if k != "dim"}
@@ -374,6 +384,8 @@ def test_wrong_format_and_bad_json(tmp_path: Path) -> None:
     with pytest.raises(IndexDirError, match=r"missing field 'dim'"):
         load_index(tmp_path / "idx")
     rewrite_json(tmp_path / "idx", "manifest.json", manifest)
+    to_json_format(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     (tmp_path / "idx" / "captions.json").write_text("[{" + " " * 20000)
     manifest["files"]["captions.json"]["bytes"] = (
         (tmp_path / "idx" / "captions.json").stat().st_size
@@ -384,8 +396,10 @@ def test_wrong_format_and_bad_json(tmp_path: Path) -> None:
 
 
 def test_counts_that_disagree(tmp_path: Path) -> None:
+    """In an index of the JSON format (the Arrow one: test_records.py)."""
     make_index(tmp_path / "idx", 6)
     idx = tmp_path / "idx"
+    to_json_format(idx)
     images = json.loads((idx / "images.json").read_text())
     rewrite_json(idx, "images.json", images[:-1])
     with pytest.raises(IndexDirError, match=r"manifest images.count=6 but images.json has 5"):
@@ -400,6 +414,7 @@ def test_counts_that_disagree(tmp_path: Path) -> None:
         load_index(idx)
     # A caption pointing at an image row that does not exist.
     make_index(idx, 6)
+    to_json_format(idx)
     captions = json.loads((idx / "captions.json").read_text())
     captions[0]["image_row"] = 99
     rewrite_json(idx, "captions.json", captions)
