@@ -498,7 +498,7 @@ def search_selected(
     mask: np.ndarray,
     *,
     stored: np.ndarray | None = None,
-    exact_rows: int = EXACT_SELECTED_ROWS,
+    exact_rows: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top k of `queries` (unit rows) among the rows where `mask` is True.
 
@@ -507,8 +507,8 @@ def search_selected(
     raised by twice the inverse of the selected fraction so that the selected neighbours are
     still reached. An approximate index with few selected rows (<= `exact_rows`) scores them
     exactly instead, over their vectors (`stored`, the exact vectors when the index keeps only
-    codes, or reconstructed: an IVF gets its id map once). (scores [n, k], rows [n, k]) like
-    `index.search`, padded with -1.
+    codes, or reconstructed: an IVF gets its id map once); `exact_rows` defaults to
+    EXACT_SELECTED_ROWS. (scores [n, k], rows [n, k]) like `index.search`, padded with -1.
     """
     n = int(index.ntotal)
     if mask.shape != (n,):
@@ -518,7 +518,7 @@ def search_selected(
     if k == 0:
         return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     flat = isinstance(faiss.downcast_index(index), faiss.IndexFlat)
-    if len(rows) <= exact_rows and not flat:
+    if len(rows) <= (EXACT_SELECTED_ROWS if exact_rows is None else exact_rows) and not flat:
         vectors = stored[rows] if stored is not None else _reconstructed(index, rows)
         if vectors is not None:
             return _exact_top(queries, np.asarray(vectors, np.float32), rows, k)
