@@ -96,7 +96,7 @@ def test_a_build_groups_bursts_and_keeps_byte_copies_as_aliases(
     out, _ = photos
     loaded = load_index(out)
     assert loaded.manifest["near_duplicates"] == {
-        "threshold": 0.95,
+        "threshold": 0.97,
         "groups": 2,
         "images_in_groups": 6,
     }
@@ -133,7 +133,7 @@ def test_a_collapsed_search_shows_a_group_once(photos: tuple[Path, FakeEncoders]
         assert folded[1]["duplicates"] == {"count": 0, "image_ids": []}
         group = client.get("/images/dog-b.png/duplicates").json()
         assert group == {"image_id": "dog-b.png", "group": ["dog-a.png", "dog-b.png"],
-                         "threshold": 0.95}  # fmt: skip
+                         "threshold": 0.97}  # fmt: skip
         assert client.get("/images/p01.png/duplicates").json()["group"] == ["p01.png"]
         assert client.get("/images/nope.png/duplicates").status_code == 404
         # The image route itself still serves a file whose id ends the same way.
@@ -170,7 +170,7 @@ def test_add_joins_and_remove_splits_groups(
     assert beach == ["beach-2.png", "beach-3.png", "beach-9.png"]
     assert loaded.group_of(loaded.image_row("dog-b.png")) == [loaded.image_row("dog-b.png")]
     assert loaded.manifest["near_duplicates"] == {
-        "threshold": 0.95,
+        "threshold": 0.97,
         "groups": 2,
         "images_in_groups": 5,
     }
