@@ -60,7 +60,8 @@ def test_page_is_self_contained(client: TestClient) -> None:
     assert "default-src 'none'" in response.headers["content-security-policy"]
     html = response.text
     assert html == PAGE_PATH.read_text(encoding="utf-8")
-    for element in ("query", "k", "results", "upload", "captions", "error", "dropzone", "preview"):
+    for element in ("query", "k", "results", "upload", "captions", "error", "dropzone", "preview",
+                    "filters", "folder", "sort", "collapse"):  # fmt: skip
         assert f'id="{element}"' in html
     lowered = html.lower()
     assert "http://" not in lowered and "https://" not in lowered
