@@ -691,6 +691,16 @@ class LoadedIndex:
         return AliasMap(self._records.column("aliases"), self._records.column("image_id"))
 
     @functools.cached_property
+    def _stored_vectors(self) -> dict[str, np.ndarray | None]:
+        """Per side, the .npy of exact vectors (mapped once) where the index keeps only
+        codes; what a filtered search scores a few selected rows with."""
+        names = {side: self.manifest[side].get("vectors_file") for side in SIDES}
+        return {
+            side: None if not name else np.load(self.index_dir / name, mmap_mode="r")
+            for side, name in names.items()
+        }
+
+    @functools.cached_property
     def duplicate_groups(self) -> np.ndarray | None:
         """int64 per image: its near-duplicate group (the group's first row), -1 for an
         image in none; None for an index built without grouping."""
@@ -767,8 +777,7 @@ class LoadedIndex:
         if k == 0 or len(q) == 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if where is not None:
-            name = self.manifest[side].get("vectors_file")
-            stored = None if not name else np.load(self.index_dir / name, mmap_mode="r")
+            stored = self._stored_vectors[side]
             return search_selected(index, q, k, np.asarray(where, bool), stored=stored)
         scores, rows = index.search(q, k)
         return np.asarray(scores, np.float32), np.asarray(rows, np.int64)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from index.streaming import ArraySource, build_streaming
 from service.config import Settings
 from service.main import create_app
 from tests.index_helpers import DIM, FakeEncoders, clustered_vectors, fake_image
-from tests.service_helpers import uvicorn_in_thread
+from tests.service_helpers import uvicorn_in_thread, wait_healthy
 
 # --------------------------------------------------------------------------- the language
 
@@ -264,10 +263,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     app = create_app(Settings(index_dir=out, sort_pool=50), encoders, None)
     with uvicorn_in_thread(app) as base:
         with httpx.Client(base_url=base, timeout=30) as client:
-            for _ in range(300):
-                if client.get("/health").status_code == 200:
-                    break
-                time.sleep(0.05)
+            wait_healthy(client, timeout_s=30)
         yield base, out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from index.store import load_index
 from service.config import Settings
 from service.main import create_app
 from tests.index_helpers import DIM, FakeEncoders, fake_image, unit_vectors
-from tests.service_helpers import uvicorn_in_thread
+from tests.service_helpers import uvicorn_in_thread, wait_healthy
 
 
 def burst_shot(name: str, shade: int) -> bytes:
@@ -113,10 +112,7 @@ def test_a_collapsed_search_shows_a_group_once(photos: tuple[Path, FakeEncoders]
     out, encoders = photos
     app = create_app(Settings(index_dir=out), encoders, None)
     with uvicorn_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
-        for _ in range(300):
-            if client.get("/health").status_code == 200:
-                break
-            time.sleep(0.05)
+        wait_healthy(client, timeout_s=30)
         query = {"query": "a photo of beach.jpg", "k": 6}
         plain = client.post("/search/text", json=query).json()["results"]
         beach = {f"beach-{i}.png" for i in range(4)}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from index.store import load_index
 from service.config import Settings
 from service.main import create_app
 from tests.index_helpers import DIM, FakeEncoders
-from tests.service_helpers import uvicorn_in_thread
+from tests.service_helpers import uvicorn_in_thread, wait_healthy
 
 N = 2000
 FOLDERS = 99  # "f00".."f98" with about 20 photos each, and "rare" with two
@@ -91,10 +90,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _serve(out: Path, encoders: FakeEncoders) -> Iterator[str]:
     app = create_app(Settings(index_dir=out, sort_pool=300), encoders, None)
     with uvicorn_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
-        for _ in range(400):
-            if client.get("/health").status_code == 200:
-                break
-            time.sleep(0.05)
+        wait_healthy(client, timeout_s=30)
         yield base
 
 

@@ -31,9 +31,10 @@ async def fields(backend: BackendDep) -> FieldsResponse:
 def facts(index: LoadedIndex) -> FieldsResponse:
     """The filterable fields of `index`, their value ranges, and its folders by count."""
     table = index.image_table
+    named = filter_fields(index)
     out = []
-    for name, field in sorted(filter_fields(index).items()):
-        if name.startswith("meta.") and name[len("meta.") :] in filter_fields(index):
+    for name, field in sorted(named.items()):
+        if name.startswith("meta.") and name[len("meta.") :] in named:
             continue  # the same column under its short name
         column = table.column(field.column)
         low = high = None
