@@ -22,6 +22,7 @@ per row and pages that several processes share. The lookup columns are computed 
 from __future__ import annotations
 
 import bisect
+import datetime as dt
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from index.records import (
     BUILT_IN,
     CAPTURE_FIELDS,
     META,
+    TIMESTAMP,
     CaptionRecord,
     ImageRecord,
 )
@@ -49,8 +51,25 @@ CAPTION_COLUMNS: dict[str, pa.DataType] = {
     "text": pa.large_string(),
 }
 _BATCH = 65_536  # rows turned into Python objects at a time when iterating
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
-T = TypeVar("T")
+
+def python_values(array: pa.Array | pa.ChunkedArray) -> list[Any]:
+    """An Arrow array's values as Python objects, timestamps as ISO 8601 text (what JSON
+    holds of them, as `datetime.isoformat` writes them).
+
+    The records' timestamps (timestamp[us, UTC]) go through their integer microseconds:
+    Arrow's own conversion makes a datetime with a zoneinfo per value, slower, and a
+    service builds a page of results per request.
+    """
+    if array.type == TIMESTAMP:
+        micros = array.cast(pa.int64()).to_pylist()
+        return [None if m is None else (_EPOCH + dt.timedelta(microseconds=m)).isoformat()
+                for m in micros]  # fmt: skip
+    values = array.to_pylist()
+    if pa.types.is_timestamp(array.type):
+        return [None if v is None else v.isoformat() for v in values]
+    return values
 
 
 class RecordsFileError(ValueError):
@@ -159,6 +178,9 @@ def check_index_column(path: Path, table: pa.Table, name: str, low: int, high: i
 # --------------------------------------------------------------------------- views
 
 
+T = TypeVar("T")
+
+
 class ColumnView(Sequence[T]):
     """A read-only sequence over one Arrow column: len, index, slice (a list), iteration
     (in batches), equality with any sequence. Values are made when asked for."""
@@ -187,6 +209,11 @@ class ColumnView(Sequence[T]):
             raise IndexError(f"row {index} out of range 0..{len(self) - 1}")
         value = self._column[i].as_py()
         return self._decode(value) if self._decode and value is not None else value
+
+    def take(self, rows: np.ndarray) -> list[T]:
+        """The values of `rows` (int64), in their order: one Arrow take, not one scalar per
+        row."""
+        return self._values(self._column.take(pa.array(rows, pa.int64())))
 
     def _values(self, column: pa.ChunkedArray) -> list[T]:
         values = column.to_pylist()

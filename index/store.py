@@ -667,10 +667,10 @@ class LoadedIndex:
         self.index_dir = index_dir
         self.manifest = manifest
         # Views over the (memory-mapped) columns: values are made when asked for.
-        self.image_ids: Sequence[str] = ColumnView(images.column("image_id"))
+        self.image_ids: ColumnView[str] = ColumnView(images.column("image_id"))
         self.image_paths: Sequence[str | None] = ColumnView(images.column("path"))
-        self.captions: Sequence[str] = ColumnView(captions.column("text"))
-        self.caption_ids: Sequence[str] = ColumnView(captions.column("caption_id"))
+        self.captions: ColumnView[str] = ColumnView(captions.column("text"))
+        self.caption_ids: ColumnView[str] = ColumnView(captions.column("caption_id"))
         self.caption_image_rows: np.ndarray = numpy_column(captions.column("image_row"))
         self.image_records: Sequence[ImageRecord] = RecordsView(images)
         self.image_index = image_index

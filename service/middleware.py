@@ -227,19 +227,20 @@ class ObservabilityMiddleware:
             endpoint = _endpoint(scope)
             method = str(scope.get("method", ""))
             self.metrics.observe_request(method, endpoint, status, seconds)
-            access_logger.info(
-                json.dumps(
-                    {
-                        "event": "request",
-                        "method": method,
-                        "endpoint": endpoint,
-                        "path": str(scope.get("path", ""))[:200],
-                        "status": status,
-                        "latency_ms": round(seconds * 1000.0, 3),
-                    },
-                    ensure_ascii=False,
+            if access_logger.isEnabledFor(logging.INFO):  # no line built to be dropped
+                access_logger.info(
+                    json.dumps(
+                        {
+                            "event": "request",
+                            "method": method,
+                            "endpoint": endpoint,
+                            "path": str(scope.get("path", ""))[:200],
+                            "status": status,
+                            "latency_ms": round(seconds * 1000.0, 3),
+                        },
+                        ensure_ascii=False,
+                    )
                 )
-            )
 
 
 def _endpoint(scope: Scope) -> str:

@@ -22,6 +22,7 @@ from index.store import MANIFEST
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.metrics import Metrics
+from service.results import ResultItems
 from service.search import SearchEngine, TextHits, TextQuery, search_text_batch
 from vsepp.images import canonical_image_bytes
 from vsepp.model_dir import EncodersLike, load_encoders
@@ -37,6 +38,7 @@ class Backend:
     index: LoadedIndex
     engine: SearchEngine
     text_batcher: MicroBatcher[TextQuery, TextHits]
+    items: ResultItems  # the JSON items of this index's results
 
 
 def check_same_model(encoders: EncodersLike, index: LoadedIndex) -> None:
@@ -158,7 +160,7 @@ class ServiceState:
                 on_batch=self.metrics.text_batch_size.observe,
             )
         # One assignment: a request sees the old backend or the new one, never a mix.
-        self.backend = Backend(encoders, index, engine, self._batcher)
+        self.backend = Backend(encoders, index, engine, self._batcher, ResultItems(index))
         self.error = None
         return self.backend
 

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 if TYPE_CHECKING:
     import httpx
     from fastapi.testclient import TestClient
+    from pydantic import BaseModel
 
 # Builds an app with settings overrides (and optional encoders, index) and enters a
 # TestClient on it: the `make_client` fixture in tests/conftest.py.
@@ -144,6 +145,17 @@ def detail_text(response: httpx.Response) -> str:
         return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in detail)
     assert isinstance(detail, str)
     return detail
+
+
+def body_of(model: type[BaseModel], response: httpx.Response) -> dict[str, Any]:
+    """A 200 answer's JSON body, checked to be exactly what `model` (the OpenAPI schema's)
+    would write: every field there, none else, each value as the model renders it. The
+    routes build their bodies as plain dicts (service/responses.py), so this is the check
+    that a dict and its model agree."""
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert model.model_validate(body).model_dump(mode="json") == body
+    return body
 
 
 # --------------------------------------------------------------------------- live servers

@@ -28,8 +28,10 @@ from index import add, build, remove
 from index.store import load_index
 from service.config import Settings
 from service.main import create_app
+from service.schemas import TextSearchResponse
 from tests.image_files import photo, png_header_only, quirky_images
 from tests.service_helpers import (
+    body_of,
     hammer_text_search,
     image_bytes,
     shape_image,
@@ -171,7 +173,8 @@ def test_a_list_keeps_captions_and_metadata(listed: Path, demo_model_dir: Path) 
     assert record.meta == {"photographer": "person 2", "year": 2022}  # a column of integers
     app = create_app(Settings(), _encoders(demo_model_dir), loaded)
     with uvicorn_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
-        body = client.post("/search/text", json={"query": "a red square", "k": 3}).json()
+        answer = client.post("/search/text", json={"query": "a red square", "k": 3})
+        body = body_of(TextSearchResponse, answer)
         assert len(body["results"]) == 3
         metas = {r["image_id"]: r["meta"] for r in body["results"]}
         assert metas["item-0"] == {"photographer": "person 0", "year": 2020}

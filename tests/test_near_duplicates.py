@@ -20,8 +20,9 @@ from index.duplicates import kept_pairs, label_groups, near_pairs
 from index.store import load_index
 from service.config import Settings
 from service.main import create_app
+from service.schemas import ImageToImageResponse, TextSearchResponse
 from tests.index_helpers import DIM, FakeEncoders, fake_image, unit_vectors
-from tests.service_helpers import uvicorn_in_thread, wait_healthy
+from tests.service_helpers import body_of, uvicorn_in_thread, wait_healthy
 
 
 def burst_shot(name: str, shade: int) -> bytes:
@@ -118,7 +119,8 @@ def test_a_collapsed_search_shows_a_group_once(photos: tuple[Path, FakeEncoders]
         beach = {f"beach-{i}.png" for i in range(4)}
         assert {r["image_id"] for r in plain[:4]} == beach  # equal scores: in any order
         assert all(r["duplicates"] is None for r in plain)
-        folded = client.post("/search/text", json={**query, "collapse": True}).json()["results"]
+        answer = client.post("/search/text", json={**query, "collapse": True})
+        folded = body_of(TextSearchResponse, answer)["results"]
         ids = [r["image_id"] for r in folded]
         assert ids[0] in beach and not any(i.startswith("beach-") for i in ids[1:])
         assert len(ids) == 6  # the page is still full: the pool had more to show
@@ -134,9 +136,10 @@ def test_a_collapsed_search_shows_a_group_once(photos: tuple[Path, FakeEncoders]
         assert client.get("/images/nope.png/duplicates").status_code == 404
         # The image route itself still serves a file whose id ends the same way.
         assert client.get("/images/p01.png").status_code == 200
-        similar = client.get(
+        answer = client.get(
             "/search/image-to-image", params={"image_id": "dog-a.png", "collapse": "true"}
-        ).json()["results"]
+        )
+        similar = body_of(ImageToImageResponse, answer)["results"]
         dogs = {"dog-a.png", "dog-b.png"}
         assert similar[0]["image_id"] in dogs
         assert [r["image_id"] for r in similar[1:]].count("dog-b.png") == 0

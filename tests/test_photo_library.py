@@ -23,8 +23,9 @@ from index.budget import candidates
 from index.store import load_index
 from service.config import Settings
 from service.main import create_app
+from service.schemas import TextSearchResponse
 from tests.index_helpers import DIM, FakeEncoders
-from tests.service_helpers import uvicorn_in_thread, wait_healthy
+from tests.service_helpers import body_of, uvicorn_in_thread, wait_healthy
 
 N = 2000
 FOLDERS = 99  # "f00".."f98" with about 20 photos each, and "rare" with two
@@ -190,7 +191,8 @@ def test_results_carry_the_capture_fields_and_sort_by_them(
 ) -> None:
     taken = dict(zip(library["ids"], library["taken"], strict=True))
     with httpx.Client(base_url=built["flat"], timeout=30) as client:
-        top = client.post("/search/text", json={"query": QUERIES[0], "k": 5}).json()["results"]
+        answer = client.post("/search/text", json={"query": QUERIES[0], "k": 5})
+        top = body_of(TextSearchResponse, answer)["results"]
         for r in top:
             assert dt.datetime.fromisoformat(r["taken_at"]) == taken[r["image_id"]]
             assert r["taken_at_source"] == "exif" and r["folder"] == r["image_id"].split("/")[0]

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.schemas import EmbedResponse
 from tests.service_helpers import (
     ServiceBackend,
+    body_of,
     detail_text,
     sample_upload,
 )
@@ -24,8 +26,7 @@ from tests.service_helpers import (
 def test_embed_text(client: TestClient, backend: ServiceBackend) -> None:
     texts = [backend.known_query, "zzxqj"]
     response = client.post("/embed/text", json={"texts": texts})
-    assert response.status_code == 200
-    body = response.json()
+    body = body_of(EmbedResponse, response)
     assert body["dim"] == backend.encoders.embed_dim
     assert body["model_hash"] == backend.encoders.model_hash
     expected, known = backend.encoders.encode_texts(texts)
@@ -52,8 +53,7 @@ def test_embed_text_checks_its_input(
 
 def test_embed_image(client: TestClient, backend: ServiceBackend) -> None:
     response = client.post("/embed/image", files=sample_upload(backend))
-    assert response.status_code == 200
-    body = response.json()
+    body = body_of(EmbedResponse, response)
     # The uploaded file embeds as it did when it was indexed: one decoder for both.
     row = backend.index.image_row(backend.sample_image.name)
     indexed = backend.index.vectors("images")[row]

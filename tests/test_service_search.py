@@ -21,11 +21,13 @@ from PIL import Image
 
 from service.config import Settings
 from service.main import create_app
+from service.schemas import ImageSearchResponse, ImageToImageResponse, TextSearchResponse
 from tests.image_files import png_header_only
 from tests.service_helpers import (
     ClientFactory,
     CountingEncoders,
     ServiceBackend,
+    body_of,
     detail_text,
     image_bytes,
     sample_upload,
@@ -47,8 +49,7 @@ def brute_force_images(backend: ServiceBackend, query: str) -> tuple[np.ndarray,
 def test_text_search_matches_brute_force(client: TestClient, backend: ServiceBackend) -> None:
     k = 5
     response = client.post("/search/text", json={"query": backend.known_query, "k": k})
-    assert response.status_code == 200
-    body = response.json()
+    body = body_of(TextSearchResponse, response)
     assert body["no_known_words"] is False and body["known_words"] > 0
     assert body["message"] is None
     assert body["took_ms"] >= 0
@@ -93,8 +94,7 @@ def test_k_above_the_number_of_images_gives_them_all(
 def test_unknown_words_answer_200_with_the_flag(client: TestClient) -> None:
     for query in ("zzxqj vrrbk", "!!! ???"):
         response = client.post("/search/text", json={"query": query, "k": 5})
-        assert response.status_code == 200
-        body = response.json()
+        body = body_of(TextSearchResponse, response)
         assert body["no_known_words"] is True
         assert body["known_words"] == 0
         assert body["results"] == []
@@ -191,8 +191,7 @@ def test_image_search_returns_captions_best_first(
     client: TestClient, backend: ServiceBackend
 ) -> None:
     response = client.post("/search/image", files=sample_upload(backend), data={"k": "7"})
-    assert response.status_code == 200, response.text
-    body = response.json()
+    body = body_of(ImageSearchResponse, response)
     results = body["results"]
     assert [r["rank"] for r in results] == list(range(1, 8))
     scores = [r["score"] for r in results]
@@ -336,11 +335,13 @@ def test_upload_wants_multipart(client: TestClient) -> None:
 
 def test_image_to_captions_and_image_to_image(client: TestClient, backend: ServiceBackend) -> None:
     image_id = backend.index.image_ids[0]
-    captions = client.get("/search/image-to-captions", params={"image_id": image_id, "k": 5}).json()
+    answer = client.get("/search/image-to-captions", params={"image_id": image_id, "k": 5})
+    captions = body_of(ImageSearchResponse, answer)
     assert len(captions["results"]) == 5
     scores = [r["score"] for r in captions["results"]]
     assert scores == sorted(scores, reverse=True)
-    images = client.get("/search/image-to-image", params={"image_id": image_id, "k": 3}).json()
+    answer = client.get("/search/image-to-image", params={"image_id": image_id, "k": 3})
+    images = body_of(ImageToImageResponse, answer)
     assert len(images["results"]) == 3
     assert images["results"][0]["image_id"] == image_id
     assert images["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)

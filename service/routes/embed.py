@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, HTTPException, Response, UploadFile
 
 from service.deps import BackendDep, SettingsDep, StateDep
 from service.imaging import ImageRejected
-from service.responses import fast_json
+from service.responses import model_json
 from service.route_class import ServiceRoute, invalid
 from service.routes.helpers import check_text
 from service.schemas import EmbedResponse, EmbedTextRequest, ErrorResponse
@@ -45,14 +45,13 @@ async def embed_text(
         for i, text in enumerate(body.texts)
     ]
     vectors, known = await anyio.to_thread.run_sync(backend.engine.embed_texts, texts)
-    return fast_json(
-        EmbedResponse(
-            vectors=vectors.tolist(),
-            dim=int(vectors.shape[1]),
-            model_hash=backend.encoders.model_hash,
-            known_words=[int(n) for n in known],
-            took_ms=_ms(start),
-        )
+    return model_json(
+        EmbedResponse,
+        vectors=vectors.tolist(),
+        dim=int(vectors.shape[1]),
+        model_hash=backend.encoders.model_hash,
+        known_words=[int(n) for n in known],
+        took_ms=_ms(start),
     )
 
 
@@ -66,7 +65,7 @@ async def embed_image(
     settings: SettingsDep,
     state: StateDep,
     file: Annotated[UploadFile, File(description="The image (JPEG, PNG, GIF, TIFF, WebP, BMP).")],
-) -> EmbedResponse:
+) -> Response:
     """The vector of an uploaded image."""
     start = time.perf_counter()
     data = await read_upload(file, settings.max_upload_bytes)
@@ -79,7 +78,8 @@ async def embed_image(
         vector = await anyio.to_thread.run_sync(work, limiter=state.image_limiter())
     except ImageRejected as exc:
         raise HTTPException(exc.status_code, exc.detail) from exc
-    return EmbedResponse(
+    return model_json(
+        EmbedResponse,
         vectors=[vector.tolist()],
         dim=int(vector.shape[0]),
         model_hash=backend.encoders.model_hash,

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
-from urllib.parse import quote
+from collections.abc import Sequence
 
 from fastapi import HTTPException, Request
 
-from index.search import Ranked, caption_hits, image_hits
 from service.config import Settings
 from service.route_class import invalid
-from service.schemas import DEFAULT_K, CaptionResult, DuplicateGroup, ImageResult
+from service.schemas import DEFAULT_K
 from service.state import Backend
 
 
@@ -54,55 +51,9 @@ def resolve_offset(offset: int, settings: Settings, loc: Sequence[str | int]) ->
     return offset
 
 
-def image_url(request: Request, image_id: str) -> str:
-    """The path under which GET /images/{image_id} serves an image."""
-    root = str(request.scope.get("root_path", "")).rstrip("/")
-    return f"{root}/images/{quote(image_id, safe='/')}"
-
-
-def thumb_url(request: Request, image_id: str) -> str:
-    """The path under which GET /thumbs/{image_id} serves a thumbnail."""
-    root = str(request.scope.get("root_path", "")).rstrip("/")
-    return f"{root}/thumbs/{quote(image_id, safe='/')}"
-
-
-def image_results(
-    request: Request,
-    backend: Backend,
-    ranked: Ranked,
-    offset: int = 0,
-    duplicates: Mapping[int, list[int]] | None = None,
-) -> list[ImageResult]:
-    """Ranked image rows as response items (the page after `offset` results); `duplicates`
-    maps a row to the other rows of its group, which the item then carries."""
-    hits = image_hits(backend.index, ranked, first_rank=offset + 1)
-    ids = backend.index.image_ids
-    out = []
-    for row, h in zip(ranked.rows.tolist(), hits, strict=True):
-        others = None if duplicates is None else duplicates.get(row, [])
-        group = None
-        if others is not None:
-            group = DuplicateGroup(count=len(others), image_ids=[ids[r] for r in others[:100]])
-        out.append(
-            ImageResult(
-                **asdict(h),
-                image_url=image_url(request, h.image_id),
-                thumb_url=thumb_url(request, h.image_id),
-                duplicates=group,
-            )
-        )
-    return out
-
-
-def caption_results(
-    request: Request, backend: Backend, ranked: Ranked, offset: int = 0
-) -> list[CaptionResult]:
-    """Ranked caption rows as response items (the page after `offset` results)."""
-    hits = caption_hits(backend.index, ranked, first_rank=offset + 1)
-    return [
-        CaptionResult(**asdict(h), image_url=image_url(request, h.image_id) if h.image_id else None)
-        for h in hits
-    ]
+def url_root(request: Request) -> str:
+    """The prefix of the paths the service hands out (a proxy's root_path)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 def require_captions(backend: Backend) -> None:

@@ -24,17 +24,16 @@ from fastapi import (
 from index.filters import Condition, FilterError, parse
 from index.search import Ranked, by_capture_time, collapsed, filter_fields
 from service.config import Settings
-from service.deps import BackendDep, SettingsDep, StateDep
+from service.deps import BackendDep, SettingsDep, StateDep, loaded_backend, service_state
 from service.imaging import ImageRejected
-from service.responses import fast_json
+from service.responses import model_json
 from service.route_class import ServiceRoute, invalid
 from service.routes.helpers import (
-    caption_results,
     check_text,
-    image_results,
     require_captions,
     resolve_k,
     resolve_offset,
+    url_root,
 )
 from service.schemas import (
     ErrorResponse,
@@ -225,34 +224,32 @@ async def _text_search(
     pool = narrow.pool(k, offset, settings)
     hits = await backend.text_batcher.submit(TextQuery(query, pool, backend.engine, narrow.where))
     if hits.known_words <= 0:
-        return fast_json(
-            TextSearchResponse(
-                results=[],
-                took_ms=_ms(start),
-                known_words=0,
-                no_known_words=True,
-                message=NO_KNOWN_WORDS,
-            )
+        return model_json(
+            TextSearchResponse,
+            results=[],
+            took_ms=_ms(start),
+            known_words=0,
+            no_known_words=True,
+            message=NO_KNOWN_WORDS,
         )
     paged = _page(backend, hits, narrow, k, offset)
-    return fast_json(
-        TextSearchResponse(
-            results=image_results(request, backend, paged.ranked, offset, paged.duplicates),
-            took_ms=_ms(start),
-            known_words=hits.known_words,
-            no_known_words=False,
-            passed=paged.passed,
-            message=paged.message,
-        )
+    return model_json(
+        TextSearchResponse,
+        results=backend.items.images(paged.ranked, url_root(request), offset, paged.duplicates),
+        took_ms=_ms(start),
+        known_words=hits.known_words,
+        no_known_words=False,
+        passed=paged.passed,
+        message=paged.message,
     )
 
 
 @router.post("/text", response_model=TextSearchResponse, responses=_errors(400, 415, 503))
-async def search_text(
-    body: TextSearchRequest, request: Request, backend: BackendDep, settings: SettingsDep
-) -> Response:
+async def search_text(body: TextSearchRequest, request: Request) -> Response:
     """Images for a sentence, best first (cosine similarity)."""
     start = time.perf_counter()
+    state = service_state(request)
+    backend, settings = loaded_backend(state), state.settings
     k = resolve_k(body.k if "k" in body.model_fields_set else None, settings, ("body", "k"))
     offset = resolve_offset(body.offset, settings, ("body", "offset"))
     query = check_text(body.query, settings, ("body", "query"), "query")
@@ -313,15 +310,14 @@ async def search_image(
     except ImageRejected as exc:
         raise HTTPException(exc.status_code, exc.detail) from exc
     paged = _page(backend, hits, narrow, k_used, 0)
-    return fast_json(
-        ImageSearchResponse(
-            results=caption_results(request, backend, paged.ranked),
-            took_ms=_ms(start),
-            height=image.height,
-            width=image.width,
-            passed=paged.passed,
-            message=paged.message,
-        )
+    return model_json(
+        ImageSearchResponse,
+        results=backend.items.captions(paged.ranked, url_root(request)),
+        took_ms=_ms(start),
+        height=image.height,
+        width=image.width,
+        passed=paged.passed,
+        message=paged.message,
     )
 
 
@@ -355,7 +351,7 @@ async def search_indexed_image_captions(
     k: Annotated[int | None, Query(ge=1, description="How many captions (default 10).")] = None,
     filter: FilterQuery = None,
     min_score: MinScoreQuery = None,
-) -> ImageSearchResponse:
+) -> Response:
     """Captions for an image of the index (what clicking a result on the page does)."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
@@ -367,8 +363,9 @@ async def search_indexed_image_captions(
         backend.engine.search_captions, vector, narrow.pool(k_used, 0, settings), narrow.where
     )
     paged = _page(backend, hits, narrow, k_used, 0)
-    return ImageSearchResponse(
-        results=caption_results(request, backend, paged.ranked),
+    return model_json(
+        ImageSearchResponse,
+        results=backend.items.captions(paged.ranked, url_root(request)),
         took_ms=_ms(start),
         passed=paged.passed,
         message=paged.message,
@@ -389,7 +386,7 @@ async def search_indexed_image_images(
     options: ImageQueryDep,
     k: Annotated[int | None, Query(ge=1, description="How many images (default 10).")] = None,
     offset: Annotated[int, Query(ge=0, description="Results to skip (paging).")] = 0,
-) -> ImageToImageResponse:
+) -> Response:
     """Images of the index nearest to one of its images."""
     start = time.perf_counter()
     k_used = resolve_k(k, settings, ("query", "k"))
@@ -401,8 +398,9 @@ async def search_indexed_image_images(
         backend.engine.search_images, vector, narrow.pool(k_used, skip, settings), narrow.where
     )
     paged = _page(backend, hits, narrow, k_used, skip)
-    return ImageToImageResponse(
-        results=image_results(request, backend, paged.ranked, skip, paged.duplicates),
+    return model_json(
+        ImageToImageResponse,
+        results=backend.items.images(paged.ranked, url_root(request), skip, paged.duplicates),
         took_ms=_ms(start),
         passed=paged.passed,
         message=paged.message,
