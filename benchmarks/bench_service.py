@@ -286,21 +286,15 @@ class Variant:
 
 
 def variants(args: argparse.Namespace) -> list[Variant]:
-    """The levers, added one at a time (each row keeps what the rows above it added,
-    except that the workers row goes back to FAISS on 1 thread). uvloop and httptools
-    are the Variant default."""
-    window2 = (("VSEPP_BATCH_WINDOW_MS", "2"),)
+    """The rows: the baseline tree (if given) and this one with the default settings, then
+    this one with one setting changed each (the last goes back to FAISS on 1 thread).
+    uvloop and httptools are the Variant default."""
     out = []
     if args.baseline_root is not None:
-        out += [
-            Variant(
-                "main: asyncio+h11, 2 ms window", args.baseline_root, "asyncio", "h11", window2
-            ),
-            Variant("main + uvloop+httptools", args.baseline_root, env=window2),
-        ]
+        out.append(Variant("baseline (--baseline_root)", args.baseline_root))
     out += [
-        Variant("+ async deps, orjson, one validation", REPO, env=window2),
-        Variant("+ adaptive batcher (no window)", REPO),
+        Variant("this tree (defaults: adaptive batcher)", REPO),
+        Variant("+ 2 ms batch window", REPO, env=(("VSEPP_BATCH_WINDOW_MS", "2"),)),
         Variant("+ FAISS 2 threads", REPO, env=(("VSEPP_FAISS_THREADS", "2"),)),
         Variant("+ 2 workers (FAISS 1 thread)", REPO, workers=2),
     ]

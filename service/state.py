@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -39,6 +40,19 @@ class Backend:
     engine: SearchEngine
     text_batcher: MicroBatcher[TextQuery, TextHits]
     items: ResultItems  # the JSON items of this index's results
+
+
+def settle_heap() -> None:
+    """Take what is alive once the service has loaded (the libraries, the model, the first
+    index: nearly all of its objects) out of the cyclic garbage collector's sight.
+
+    Its full collections otherwise walk them all, find nothing, and stall every request in
+    flight for ~170 ms at a time under load (benchmarks/README.md, issue 23). Frozen
+    objects are still freed when their last reference goes (a reloaded index's columns and
+    FAISS index are: tests/test_service_reload.py); only a cycle among them would stay.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def check_same_model(encoders: EncodersLike, index: LoadedIndex) -> None:
@@ -247,6 +261,7 @@ class ServiceState:
             loaded = load_objects(self.settings, encoders, index)
             if encoders is None:  # handed-in encoders are the caller's business
                 warm_up(loaded[0])
+            settle_heap()
             return loaded
 
         try:

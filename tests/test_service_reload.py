@@ -4,11 +4,13 @@ and on POST /admin/reload, while clients search."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,33 @@ def test_the_watcher_swaps_in_a_rebuilt_index_and_keeps_it_over_a_broken_one(
         health = client.get("/health").json()
         assert health["index"]["build_id"] == second and health["reload"]["reloads"] == 1
         assert "dim" in health["reload"]["last_error"]
+        assert client.post("/search/text", json={"query": "a picture", "k": K}).status_code == 200
+
+
+def test_a_loaded_index_is_out_of_the_collectors_walks_and_freed_by_a_reload(
+    demo_model_dir: Path, folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """The service freezes what it loaded (service.state.settle_heap): a full collection
+    under load does not walk the model and the index, and a reload still frees the old
+    index (its last reference goes; the frozen are not collected, but freed so)."""
+    from vsepp.model_dir import load_encoders
+
+    live = tmp_path / "live"
+    _build(demo_model_dir, folders["first"], live)
+    settings = Settings(index_dir=live, reload_interval_s=0.2)
+    app = create_app(settings, load_encoders(demo_model_dir), None)  # loads as a server does
+    with uvicorn_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        wait_healthy(client)
+        first = app.state.vsepp.backend.index
+        assert not any(o is first for o in gc.get_objects())  # frozen: not in any generation
+        gone = weakref.ref(first)
+        del first
+        second = _build(demo_model_dir, folders["second"], live)
+        wait_for(
+            lambda: client.get("/health").json()["index"]["build_id"] == second,
+            "the watcher to load the rebuilt index",
+        )
+        wait_for(lambda: gone() is None, "the old index to be freed")
         assert client.post("/search/text", json={"query": "a picture", "k": K}).status_code == 200
 
 
