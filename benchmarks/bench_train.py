@@ -74,7 +74,9 @@ BASE_VARIANTS = (
 )
 EXPERIMENTAL_VARIANTS = ("exp:hoisted", "exp:packed", "exp:packed+bf16", "exp:hoisted+bf16+bucket")
 # hoisted: the GRU with its input projection hoisted out of the time loop
-# (training.model.HoistedGRU, --gru_loop hoisted); "keras" names Keras' own loop, the default.
+# (training.model.HoistedGRU, --gru_loop hoisted); "keras" names Keras' own loop. Every
+# variant names both: the command line's default, "auto", is hoisted+bf16 on a CPU with
+# AVX512_BF16 or AMX and plain elsewhere (training.precision).
 OPTIONS = frozenset({"xla", "bucket", "bf16", "keras", "hoisted"})
 EXPERIMENTAL_OPTIONS = frozenset({"hoisted", "unrolled", "packed"})  # experimental_gru_class
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")

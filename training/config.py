@@ -31,7 +31,9 @@ class ModelConfig:
     use_abs: bool = False  # absolute value of the embeddings (order embeddings)
     finetune: bool = False  # train the backbone too
     precomp_dim: int = 0  # > 0: the image side reads precomputed features of this size
-    gru_loop: str = "keras"  # "keras" (Keras' GRU loop) or "hoisted" (training.model.HoistedGRU)
+    # "keras" (Keras' GRU loop), "hoisted" (training.model.HoistedGRU) or "auto" (the CLI's
+    # default; training.precision, decided by the Trainer before it builds the model)
+    gru_loop: str = "keras"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,7 +65,9 @@ class TrainConfig:
     prefetch_size: int | None = None  # tf.data prefetch buffer (None: autotune)
     cache: bool = False  # cache decoded images in memory
     strategy: str = "default"  # "default", "mirrored" or "multiworker"
-    mixed_precision: str = "off"  # "off", "bfloat16" or "float16"
+    # "off", "bfloat16", "float16" or "auto" (the CLI's default; training.precision, decided
+    # by the Trainer, which records the choice)
+    mixed_precision: str = "off"
     jit_compile: bool = False  # XLA-compile the training step
     bucket_by_length: bool = False  # batch captions of similar length together
     collapse_patience: int = 200  # steps at the collapse loss before the trainer says so

@@ -13,7 +13,8 @@ from training.cli import add_data_args, add_model_args
 from training.config import WEIGHT_DECAY_TYPES, ModelConfig, TrainConfig
 from training.feature_store import load_features
 from training.images import TRAIN_TRANSFORMS, ImageConfig
-from training.model import GRU_LOOPS, load_word_vectors
+from training.model import load_word_vectors
+from training.precision import GRU_LOOP_CHOICES, MIXED_PRECISION_CHOICES
 from training.text import Vocabulary
 from training.trainer import TrainData, Trainer
 from vsepp.cli import add_model_dir, program, setup_logging
@@ -158,14 +159,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="default",
         help="tf.distribute strategy",
     )
-    g.add_argument("--mixed_precision", choices=("off", "bfloat16", "float16"), default="off")
+    g.add_argument(
+        "--mixed_precision",
+        choices=MIXED_PRECISION_CHOICES,
+        default="auto",
+        help="compute in bfloat16 or float16 (variables, loss and norms stay float32), or off; "
+        "auto: bfloat16 on a CPU with AVX512_BF16 or AMX, off elsewhere (on a GPU too), "
+        "decided at start and logged; a resumed run keeps what it started with",
+    )
     g.add_argument("--jit_compile", action="store_true", help="XLA-compile the training step")
     g.add_argument(
         "--gru_loop",
-        choices=GRU_LOOPS,
-        default="keras",
+        choices=GRU_LOOP_CHOICES,
+        default="auto",
         help="GRU time loop: keras (Keras' own) or hoisted (input projection out of the loop; "
-        "same weights and losses, see benchmarks/README.md for when it is faster)",
+        "same weights and losses); auto: hoisted where the run computes in native bfloat16 on a "
+        "CPU, where it is faster, keras elsewhere (benchmarks/README.md)",
     )
     g.add_argument(
         "--collapse_patience",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from training.pipeline import (
     steps_per_epoch,
     train_dataset,
 )
+from training.precision import RUN_CONFIG, precision_policy, resolve_auto
 from training.text import Vocabulary
 from vsepp.atomic import write_json_atomic
 from vsepp.datasets import SplitData
@@ -68,14 +70,6 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     raise ValueError(f"unknown --strategy {name!r}: default, mirrored or multiworker")
 
 
-def set_precision(mode: str) -> None:
-    """Global Keras dtype policy: compute in bfloat16/float16, keep variables in float32."""
-    policies = {"off": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
-    if mode not in policies:
-        raise ValueError(f"unknown --mixed_precision {mode!r}: off, bfloat16 or float16")
-    keras.config.set_dtype_policy(policies[mode])
-
-
 def learning_rate_at(tcfg: TrainConfig, epoch: int) -> float:
     """The paper's step schedule: the learning rate times 0.1 every `lr_update` epochs
     (`--lr_update`, the seed's `--decay_rate`), epochs counted from 0."""
@@ -99,11 +93,12 @@ class Trainer:
         model_dir: str | os.PathLike[str],
         strategy: tf.distribute.Strategy | None = None,
     ) -> None:
-        self.mcfg = model_cfg
-        self.tcfg = train_cfg
         self.data = data
         self.model_dir = Path(model_dir)
         self.strategy = strategy or make_strategy(train_cfg.strategy)
+        # "auto" is decided here, once; what the run trains with and records is the choice.
+        self.mcfg, self.tcfg = resolve_auto(model_cfg, train_cfg, self.strategy, self.model_dir)
+        model_cfg, train_cfg = self.mcfg, self.tcfg
         self.replicas = self.strategy.num_replicas_in_sync
         if train_cfg.batch_size % self.replicas:
             raise ValueError(
@@ -111,8 +106,8 @@ class Trainer:
             )
         self.precomp = model_cfg.precomp_dim > 0
         keras.utils.set_random_seed(train_cfg.seed)
-        set_precision(train_cfg.mixed_precision)
-        with self.strategy.scope():
+        # The layers keep the policy they are built with; the global one is left as it was.
+        with precision_policy(train_cfg.mixed_precision), self.strategy.scope():
             self.model = VSEModel.build(model_cfg, data.word_vectors)
             self.optimizer: keras.optimizers.Optimizer = self._make_optimizer()
             # Build over every variable that may ever train (the backbone joins when
@@ -300,9 +295,23 @@ class Trainer:
         log.info("validation (%.1fs):\n%s", time.perf_counter() - t0, format_metrics(metrics))
         return metrics
 
+    def float32_encoders(self) -> tuple[keras.Model, keras.Model]:
+        """The trained encoders computing in float32, as the export writes them whatever the
+        training precision (the weights are float32 anyway): the model directory computes in
+        float32 on any machine, and the embedding programs choose bfloat16 themselves where
+        the CPU has it (`vsepp.precision` rewrites a float32 graph; a bfloat16 one it refuses)."""
+        if self.tcfg.mixed_precision == "off":
+            return self.model.image_encoder, self.model.text_encoder
+        # The same architecture built in float32; every weight is copied, so none is loaded.
+        with precision_policy("off"):
+            copy = VSEModel.build(dataclasses.replace(self.mcfg, cnn_weights="none"))
+        copy.image_encoder.set_weights(self.model.image_encoder.get_weights())
+        copy.text_encoder.set_weights(self.model.text_encoder.get_weights())
+        return copy.image_encoder, copy.text_encoder
+
     def export(self, metrics: dict[str, Any], epoch: int) -> None:
         """Write the current encoders to the model directory (atomically)."""
-        image_encoder = self.model.image_encoder
+        image_encoder, text_encoder = self.float32_encoders()
         if self.precomp:
             if self.data.backbone is None:
                 raise ValueError("precomputed-feature training needs the backbone to export")
@@ -310,7 +319,7 @@ class Trainer:
         export_model(
             self.model_dir,
             image_encoder,
-            self.model.text_encoder,
+            text_encoder,
             self.data.vocab,
             self.mcfg,
             self.data.image_cfg,
@@ -337,6 +346,10 @@ class Trainer:
                 f"{self.model_dir} holds a checkpoint of an earlier run: pass --resume to "
                 "continue it, or choose another --save_model_path"
             )
+        write_json_atomic(
+            self.model_dir / "train_state" / RUN_CONFIG,
+            {"model_config": self.mcfg.to_dict(), "training": self.tcfg.to_dict()},
+        )
         writer = tf.summary.create_file_writer(str(self.model_dir / "logs"))
         tcfg, data = self.tcfg, self.data
         steps = steps_per_epoch(data.train, tcfg.batch_size)
