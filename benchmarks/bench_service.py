@@ -386,7 +386,7 @@ class Server:
 
 def time_forward_passes(
     model_dir: Path, images: list[tuple[str, bytes]], captions: list[str], repeats: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Median milliseconds of one-item encoder calls, measured in this process."""
     import io
 
@@ -395,7 +395,8 @@ def time_forward_passes(
     from vsepp.images import canonical_image_bytes
     from vsepp.model_dir import load_encoders
 
-    encoders = load_encoders(model_dir)
+    # The image encoder in the precision the service runs it (VSEPP_PRECISION, default auto).
+    encoders = load_encoders(model_dir, os.environ.get("VSEPP_PRECISION", "auto"))
     data = images[0][1]
     with Image.open(io.BytesIO(data)) as image:
         rgb = np.asarray(image.convert("RGB"))[None]
@@ -413,6 +414,7 @@ def time_forward_passes(
         return round(float(np.median(times)) * 1000.0, 3)
 
     return {
+        "image_precision": encoders.precision,
         "image_forward_ms": median_ms(lambda: encoders.encode_image_arrays(rgb)),
         # What the service does with an upload: the one decoder, then the model.
         "image_decode_forward_ms": median_ms(
@@ -568,8 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"in-process (median of {args.forward_repeats}): text encode of 1 query "
         f"{forward['text_forward_ms']} ms, of 32 {forward['text_forward_batch32_ms']} ms; "
-        f"image forward {forward['image_forward_ms']} ms, decode + forward "
-        f"{forward['image_decode_forward_ms']} ms"
+        f"image forward ({forward['image_precision']}) {forward['image_forward_ms']} ms, "
+        f"decode + forward {forward['image_decode_forward_ms']} ms"
     )
     print(f"load average (1, 5, 15 min) before and after each variant: {' | '.join(loads)}")
     print()
