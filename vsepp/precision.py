@@ -2,9 +2,12 @@
 
 The export is a float32 SavedModel and the library may not rebuild its Keras model (that is
 training's code), so the traced graph itself is rewritten, as TensorFlow's own
-auto-mixed-precision pass would: the weights are frozen into constants, and every
+auto-mixed-precision pass would: in the functions of the traced graph's library, every
 convolution and matrix product (nearly all of the FLOPs) gets its inputs cast to bfloat16
-and its output cast back to float32. Decoding, resizing, normalisation layers, activations
+and its output cast back to float32, and the graph is imported again with the SavedModel's
+own variables. It is not frozen into constants first: a frozen `encode_bytes` decoded 3.6x
+slower (its decode loop) and held 2.6x-4x the memory (benchmarks/README.md, issue 23).
+Decoding, resizing, normalisation layers, activations
 and the final L2 normalisation stay in float32, so the vectors come out float32 and of unit
 length. TensorFlow's pass (`auto_mixed_precision_onednn_bfloat16`) is not used because
 Grappler does not schedule it on a CPU without AVX512 (it silently leaves the graph in
@@ -73,26 +76,70 @@ def resolve_precision(precision: str, flags: Iterable[str] | None = None) -> str
 
 
 def bfloat16_function(concrete: Any) -> Callable[..., Any]:
-    """`concrete` (a float32 ConcreteFunction with one input and one output) with its
-    matrix ops in bfloat16; called like it."""
+    """`concrete` (a float32 ConcreteFunction with one input, its captured variables and one
+    output) with its matrix ops in bfloat16; called like it."""
     import tensorflow as tf
-    from tensorflow.core.framework import graph_pb2, types_pb2
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
 
-    frozen = convert_variables_to_constants_v2(concrete)
-    graph = frozen.graph.as_graph_def()
-    out = graph_pb2.GraphDef()
-    out.CopyFrom(graph)
-    del out.node[:]
+    graph = concrete.graph.as_graph_def()
+    # The rewritten functions get new names: the originals stay registered with TensorFlow.
+    names = {f.signature.name for f in graph.library.function}
     rewritten = 0
+    for function in graph.library.function:
+        rewritten += _bfloat16_matrix_ops(function)
+        function.signature.name += _RENAMED
+        for node in function.node_def:
+            _rename_calls(node.attr, names)
     for node in graph.node:
+        _rename_calls(node.attr, names)
+    del graph.library.gradient[:]
+    if not rewritten:
+        raise ValueError("the encoder has no convolution or matrix product to run in bfloat16")
+    log.info("bfloat16: %d matrix ops rewritten", rewritten)
+    feed, (fetch,) = concrete.inputs[0], concrete.outputs
+    captured = [t.name for t in concrete.graph.internal_captures]
+    variables = list(concrete.captured_inputs)
+
+    def imported(x: Any) -> Any:
+        here = tf.compat.v1.get_default_graph()
+        inputs = {name: here.capture(v) for name, v in zip(captured, variables, strict=True)}
+        (out,) = tf.graph_util.import_graph_def(
+            graph, input_map={feed.name: x, **inputs}, return_elements=[fetch.name], name=""
+        )
+        return out
+
+    return tf.compat.v1.wrap_function(imported, signature=[tf.TensorSpec.from_tensor(feed)])
+
+
+_RENAMED = "_vsepp_bfloat16"
+# The output argument of each matrix op, as a function body names it ("node:arg:index").
+_OUTPUT_ARG = {"MatMul": "product"}  # the others': "output"
+
+
+def _rename_calls(attrs: Any, names: set[str]) -> None:
+    """Point a node's function attributes (a call, a loop's body, a branch) at the renamed
+    functions."""
+    for value in attrs.values():
+        if value.HasField("func") and value.func.name in names:
+            value.func.name += _RENAMED
+        if value.HasField("list"):
+            for function in value.list.func:
+                if function.name in names:
+                    function.name += _RENAMED
+
+
+def _bfloat16_matrix_ops(function: Any) -> int:
+    """Rewrite a FunctionDef's float32 matrix ops in place: inputs cast to bfloat16, the op in
+    bfloat16, its result cast back under the op's name. Returns how many were rewritten."""
+    from tensorflow.core.framework import types_pb2
+
+    nodes = list(function.node_def)
+    del function.node_def[:]
+    moved: dict[str, str] = {}  # "op:output:" -> "op:y:" (the Cast now holds the name)
+    for node in nodes:
         if node.op not in MATRIX_OPS or node.attr["T"].type != types_pb2.DT_FLOAT:
-            out.node.add().CopyFrom(node)
+            function.node_def.add().CopyFrom(node)
             continue
-        rewritten += 1
-        inner = out.node.add()
+        inner = function.node_def.add()
         inner.CopyFrom(node)
         inner.name = f"{node.name}/bfloat16"
         for key in ("T", "Ta", "Tb", "Tout"):
@@ -100,27 +147,32 @@ def bfloat16_function(concrete: Any) -> Callable[..., Any]:
                 inner.attr[key].type = types_pb2.DT_BFLOAT16
         del inner.input[:]
         for j, source in enumerate(i for i in node.input if not i.startswith("^")):
-            cast = out.node.add()
-            cast.op, cast.name, cast.device = "Cast", f"{node.name}/bfloat16_in{j}", node.device
+            cast = function.node_def.add()
+            cast.op, cast.name = "Cast", f"{node.name}/bfloat16_in{j}"
             cast.input.append(source)
             cast.attr["SrcT"].type = types_pb2.DT_FLOAT
             cast.attr["DstT"].type = types_pb2.DT_BFLOAT16
-            inner.input.append(cast.name)
+            inner.input.append(f"{cast.name}:y:0")
         inner.input.extend(i for i in node.input if i.startswith("^"))
-        # The float32 result keeps the op's name, so its consumers need no change.
-        back = out.node.add()
-        back.op, back.name, back.device = "Cast", node.name, node.device
-        back.input.append(inner.name)
+        output = _OUTPUT_ARG.get(node.op, "output")
+        back = function.node_def.add()
+        back.op, back.name = "Cast", node.name
+        back.input.append(f"{inner.name}:{output}:0")
         back.attr["SrcT"].type = types_pb2.DT_BFLOAT16
         back.attr["DstT"].type = types_pb2.DT_FLOAT
-    if not rewritten:
-        raise ValueError("the encoder has no convolution or matrix product to run in bfloat16")
-    log.info("bfloat16: %d matrix ops of %d nodes rewritten", rewritten, len(graph.node))
-    (feed,), (fetch,) = frozen.inputs, frozen.outputs
-    wrapped = tf.compat.v1.wrap_function(
-        lambda: tf.graph_util.import_graph_def(out, name=""), signature=[]
-    )
-    return wrapped.prune(
-        feeds=wrapped.graph.get_tensor_by_name(feed.name),
-        fetches=wrapped.graph.get_tensor_by_name(fetch.name),
-    )
+        moved[f"{node.name}:{output}:"] = f"{node.name}:y:"
+    if moved:
+
+        def fixed(ref: str) -> str:
+            for old, new in moved.items():
+                if ref.startswith(old):
+                    return new + ref[len(old) :]
+            return ref
+
+        for node in function.node_def:
+            refs = [fixed(i) for i in node.input]
+            del node.input[:]
+            node.input.extend(refs)
+        for key in list(function.ret):
+            function.ret[key] = fixed(function.ret[key])
+    return len(moved)
